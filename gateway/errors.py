@@ -33,14 +33,22 @@ class PumpGwError(Exception):
 
 
 class ConfigError(PumpGwError):
-    """A configuration value is wrong. ``key`` is a dotted path (``pumps[1].port``)."""
+    """A configuration value is wrong. ``key`` is a dotted path (``pumps[1].port``).
 
-    def __init__(self, source: str, key: str, value: Any, expected: str) -> None:
+    ``also`` holds the other problems found in the same file, so one run reports them all.
+    """
+
+    def __init__(
+        self, source: str, key: str, value: Any, expected: str, also: tuple[ConfigError, ...] = ()
+    ) -> None:
         self.source = source
         self.key = key
         self.value = value
         self.expected = expected
-        super().__init__(f"{source}: {key} = {value!r} is not valid: expected {expected}")
+        self.also = also
+        lines = [f"{source}: {key} = {value!r} is not valid: expected {expected}"]
+        lines += [f"  also: {p.key} = {p.value!r} is not valid: expected {p.expected}" for p in also]
+        super().__init__("\n".join(lines))
 
 
 class QuantityError(PumpGwError, ValueError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, Inexact, InvalidOperation, localcontext
 from typing import Final
 
 from .errors import QuantityError
@@ -140,7 +140,10 @@ class Quantity:
         return _UNIT_DIMENSION[self.unit]
 
     def to(self, unit: str) -> Quantity:
-        """The same amount in ``unit`` of the same dimension, exactly (no rounding)."""
+        """The same amount in ``unit`` of the same dimension, exactly (no rounding).
+
+        Raises QuantityError for another dimension, or when the result has no exact decimal form.
+        """
         if dimension_of(unit) != self.dimension:
             raise QuantityError(
                 self.value,
@@ -148,7 +151,16 @@ class Quantity:
                 f"cannot convert {self.dimension} to {unit} ({dimension_of(unit)})",
             )
         factor = _DIMENSIONS[self.dimension]
-        return Quantity(self.value * factor[self.unit] / factor[unit], unit)
+        # Trap Inexact: 1 mL/h is 16.666... uL/min, which no decimal holds. Refuse rather than
+        # round silently; rounding is a clinical decision made once, at the last step, elsewhere.
+        with localcontext() as ctx:
+            ctx.prec = 34
+            ctx.traps[Inexact] = True
+            try:
+                value = self.value * factor[self.unit] / factor[unit]
+            except Inexact:
+                raise QuantityError(self.value, self.unit, f"has no exact decimal value in {unit}") from None
+        return Quantity(value, unit)
 
     def __str__(self) -> str:
         return f"{self.value} {self.unit}"

@@ -22,3 +22,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if os.environ.get("CI") and skipped and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def require_mosquitto() -> str:
+    """The mosquitto binary; a test that needs it skips locally, and a skip fails CI."""
+    from pumpgw.gateway.broker import find_mosquitto
+
+    path = find_mosquitto()
+    if path is None:
+        pytest.skip("mosquitto is not installed (scripts/bootstrap installs it)")
+    return path

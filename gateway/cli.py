@@ -1,0 +1,237 @@
+"""The ``pumpgw`` command.
+
+Exit codes: 0 success; 1 the gateway or a check failed while running; 2 bad configuration or bad
+usage (the message names the file, the key, the bad value and what was expected); 130 stopped by
+Ctrl-C before it was ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import click
+
+from .clock import SystemClock
+from .errors import ConfigError, PumpGwError
+from .logs import setup_logging
+
+log = logging.getLogger("pumpgw")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _default_demo_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pumpgw" / "demo"
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], duration: float | None) -> None:
+    """Run ``main(stop)`` on a new event loop; SIGINT, SIGTERM or ``duration`` set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except ConfigError as exc:
+        click.echo(f"pumpgw: configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except PumpGwError as exc:
+        click.echo(f"pumpgw: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level (default: info, or the config file's [log] level).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text for people (default), json for journald and log shippers.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
+    """Vendor-neutral bedside infusion-pump gateway."""
+    ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+    ctx.obj["log_format"] = log_format
+    setup_logging(log_level or "info", "json" if log_format == "json" else "text")
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop by itself after this many seconds (default: run until Ctrl-C).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the demo keeps its event log and broker files "
+    "(default: $XDG_STATE_HOME/pumpgw/demo, i.e. ~/.local/state/pumpgw/demo).",
+)
+@click.option("--no-mqtt", is_flag=True, help="Do not start a local mosquitto broker.")
+@click.pass_context
+def demo(ctx: click.Context, duration: float | None, state_dir: Path | None, no_mqtt: bool) -> None:
+    """Run the gateway against the bench rig, with no configuration.
+
+    Starts emulated pumps (one on Modbus TCP, one on a serial PTY pair speaking the New Era
+    protocol), a local mosquitto on a free loopback port if it is installed, and the gateway, and
+    shows every channel live. Ctrl-C stops everything.
+    """
+    from .demo import run_demo
+
+    state = state_dir or _default_demo_state_dir()
+    tty = sys.stdout.isatty()
+    if tty:
+        # Log lines would tear the live table: send them to a file and say where.
+        state.mkdir(parents=True, exist_ok=True)
+        logfile = (state / "gateway.log").open("a", encoding="utf-8")
+        setup_logging(ctx.obj["log_level"] or "info", ctx.obj["log_format"] or "text", logfile)
+        click.echo(f"pumpgw demo: logging to {state / 'gateway.log'}", err=True)
+    log.info("demo starting", extra={"state_dir": str(state)})
+    _run_until_signal(
+        lambda stop: run_demo(
+            state_dir=state,
+            clock=SystemClock(),
+            stop=stop,
+            stream=sys.stdout,
+            tty=tty,
+            use_mqtt=not no_mqtt,
+        ),
+        duration,
+    )
+    log.info("demo stopped")
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway's TOML configuration (see docs/configuration.md).",
+)
+@click.pass_context
+def run(ctx: click.Context, config_path: Path) -> None:
+    """Run the gateway for a real deployment, from a TOML configuration file."""
+    from .app import Gateway
+    from .config import load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"pumpgw: configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    setup_logging(ctx.obj["log_level"] or config.log.level, ctx.obj["log_format"] or config.log.format)
+    log.info("gateway starting", extra={"config": str(config_path), "pumps": len(config.pumps)})
+
+    async def main_(stop: asyncio.Event) -> None:
+        await Gateway(config, SystemClock()).run(stop)
+
+    _run_until_signal(main_, None)
+    log.info("gateway stopped")
+
+
+@main.command()
+@click.option("--modbus-pumps", type=click.IntRange(0, 16), default=1, show_default=True)
+@click.option("--newera-pumps", type=click.IntRange(0, 16), default=1, show_default=True)
+def rig(modbus_pumps: int, newera_pumps: int) -> None:
+    """Run the bench rig alone: emulated pumps until Ctrl-C.
+
+    Prints one JSON line on stdout with the pumps' endpoints, in the shape of the configuration
+    file's [[pumps]] entries, once every pump is listening.
+    """
+    from pumpgw.rig.bench_rig import BenchRig
+
+    async def main_(stop: asyncio.Event) -> None:
+        async with BenchRig(SystemClock(), modbus_pumps=modbus_pumps, newera_pumps=newera_pumps) as bench:
+            click.echo(json.dumps({"pumps": bench.endpoints()}))
+            sys.stdout.flush()
+            await stop.wait()
+
+    _run_until_signal(main_, None)
+
+
+@main.group()
+def config() -> None:
+    """Check configuration files."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(path: Path) -> None:
+    """Validate a configuration file and say what it configures."""
+    from .config import load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"pumpgw: configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(
+        f"{path}: valid; gateway {cfg.gateway.id}, {len(cfg.pumps)} pump(s), "
+        f"MQTT {'on' if cfg.mqtt.enabled else 'off'}, state in {cfg.gateway.state_dir}"
+    )
+
+
+@main.group()
+def events() -> None:
+    """Read the local event log."""
+
+
+@events.command("verify")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The gateway's state directory (default: the demo's).",
+)
+def events_verify(state_dir: Path | None) -> None:
+    """Check the event log's hash chain; name the first bad event if there is one."""
+    from .app import EVENT_LOG_NAME
+    from .eventlog import EventStore
+
+    path = (state_dir or _default_demo_state_dir()) / EVENT_LOG_NAME
+    if not path.exists():
+        click.echo(f"pumpgw: no event log at {path}", err=True)
+        sys.exit(EXIT_CONFIG)
+    try:
+        store = EventStore(path, "verify", SystemClock())
+        try:
+            n = store.verify()
+        finally:
+            store.close()
+    except PumpGwError as exc:
+        click.echo(f"pumpgw: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{path}: {n} events, hash chain intact")
+
+
+def _entry() -> None:  # pragma: no cover - python -m pumpgw.gateway.cli
+    main(prog_name="pumpgw")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _entry()

@@ -1,0 +1,162 @@
+"""``pumpgw demo``: the gateway against its own bench rig, with no configuration at all.
+
+It starts the bench rig in a child process (emulated pumps on a Modbus TCP port and on a PTY pair),
+a local mosquitto on a free loopback port when one is installed, and the gateway against both, and
+shows every channel live. Ctrl-C (or ``--duration``) stops everything in reverse order; the
+children are also tied to this process's life by the kernel, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .app import EVENT_LOG_NAME, Gateway
+from .broker import MosquittoBroker, die_with_parent, find_mosquitto
+from .clock import Clock
+from .config import parse_config
+from .errors import EnvironmentProblem
+from .view import TerminalView
+
+log = logging.getLogger(__name__)
+
+
+class RigProcess:
+    """The bench rig (``pumpgw rig``) as a child process; ``start`` returns its pump endpoints."""
+
+    name = "rig"
+
+    def __init__(self, args: list[str], start_timeout_s: float = 20.0) -> None:
+        self._args = args
+        self._start_timeout_s = start_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> list[dict[str, Any]]:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pumpgw.gateway.cli", "rig", *self._args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        stdout = self._proc.stdout
+        if stdout is None:  # pragma: no cover - PIPE was asked for just above
+            raise RuntimeError("rig stdout is not a pipe")
+        try:
+            line = await asyncio.wait_for(stdout.readline(), self._start_timeout_s)
+        except TimeoutError:
+            await self.stop()
+            raise EnvironmentProblem(
+                f"the bench rig did not report its pumps within {self._start_timeout_s:g} s",
+                "run 'pumpgw rig' by hand to see why",
+            ) from None
+        try:
+            endpoints: list[dict[str, Any]] = json.loads(line)["pumps"]
+        except (ValueError, KeyError, TypeError):
+            await self.stop()
+            raise EnvironmentProblem(
+                f"the bench rig did not start (it printed {line[:200]!r})",
+                "run 'pumpgw rig' by hand to see why",
+            ) from None
+        return endpoints
+
+    async def run(self, ready: asyncio.Event) -> None:
+        """Supervised watch: fails if the rig dies while the demo runs."""
+        if self._proc is None:
+            raise RuntimeError("RigProcess.run before start")
+        ready.set()
+        code = await self._proc.wait()
+        raise EnvironmentProblem(f"the bench rig exited with code {code}", "see its messages above")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class BrokerWatch:
+    """Supervised watch of the demo's mosquitto: fails the demo if the broker dies."""
+
+    name = "broker"
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self._broker = broker
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        code = await self._broker.wait()
+        raise EnvironmentProblem(f"mosquitto exited with code {code}", "see its messages above")
+
+
+async def run_demo(
+    *,
+    state_dir: Path,
+    clock: Clock,
+    stop: asyncio.Event,
+    stream: TextIO,
+    tty: bool,
+    use_mqtt: bool = True,
+    rig_args: list[str] | None = None,
+) -> None:
+    """Run the demo until ``stop`` is set. Raises PartFailed or EnvironmentProblem on failure."""
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        rig = RigProcess(rig_args or [])
+        stack.push_async_callback(rig.stop)
+        endpoints = await rig.start()
+        extra: list[Any] = [rig]
+
+        mqtt: dict[str, Any] = {"enabled": False}
+        if use_mqtt and find_mosquitto() is not None:
+            broker = MosquittoBroker(state_dir / "mosquitto")
+            stack.push_async_callback(broker.stop)
+            await broker.start()
+            mqtt = {"enabled": True, "host": broker.host, "port": broker.port}
+            extra.append(BrokerWatch(broker))
+        elif use_mqtt:
+            log.warning(
+                "mosquitto is not installed: events stay in the local log "
+                "(apt-get install mosquitto, or run scripts/bootstrap, to stream them over MQTT)"
+            )
+        config = parse_config(
+            {
+                "gateway": {"id": "demo", "state_dir": str(state_dir)},
+                "mqtt": mqtt,
+                "pumps": endpoints,
+            },
+            "(demo configuration)",
+        )
+        gateway = Gateway(config, clock)
+        mqtt_where = f"{mqtt['host']}:{mqtt['port']}" if mqtt["enabled"] else ""
+
+        def header() -> str:
+            n = sum(len(v.channels) for v in gateway.monitor.pumps.values())
+            return (
+                f"pumpgw demo - bench rig, {len(endpoints)} emulated pumps, {n} channels"
+                f" - {clock.wall().strftime('%H:%M:%S')} UTC"
+            )
+
+        def footer() -> str:
+            seq = gateway.events.last_seq if gateway.events.is_open else 0
+            if gateway.mqtt is None:
+                upstream = "MQTT off: events stay in the local log"
+            else:
+                state = "connected" if gateway.mqtt.connected else "not connected"
+                upstream = f"MQTT {mqtt_where} {state}, delivered up to #{gateway.mqtt.delivered_seq}"
+            return f"events: {seq} in {state_dir / EVENT_LOG_NAME} | {upstream} | Ctrl-C stops"
+
+        view = TerminalView(
+            lambda: list(gateway.monitor.pumps.values()), header, footer, stream, clock, tty=tty
+        )
+        gateway.monitor.add_change_callback(view.changed)
+        extra.append(view)
+        await gateway.run(stop, extra=extra)

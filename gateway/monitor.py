@@ -1,0 +1,175 @@
+"""What the gateway knows of each pump right now, and the events that changes of it produce.
+
+:class:`BedsideMonitor` listens to the pollers. It keeps the latest identity, link state and
+channel status of every pump (the live terminal view and the retained MQTT status read it), and
+writes an event to the log whenever something a clinician or engineer cares about changes: a pump
+identified, a link lost or restored, a channel's state, an alarm raised or cleared. Every poll is
+not an event; a change is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pumpgw.drivers.base import ChannelStatus, PumpIdentity
+
+from .clock import Clock
+from .errors import DriverError, EventLogError
+from .eventlog import EventLog
+from .events import EventType
+from .quantity import Quantity
+
+log = logging.getLogger(__name__)
+
+# A retained pump status is republished at least this often while values move (volume infused),
+# and at once on a change of link, state, alarms, drug or rate.
+STATUS_REFRESH_S = 10.0
+
+
+@dataclass
+class PumpView:
+    pump: str
+    driver: str
+    link: Literal["connecting", "up", "lost"] = "connecting"
+    identity: PumpIdentity | None = None
+    channels: dict[int, ChannelStatus] = field(default_factory=dict)
+    polls: int = 0
+    first_poll_at: float | None = None
+    last_poll_at: float | None = None
+    last_error: str | None = None
+
+
+def _q(q: Quantity | None) -> str | None:
+    return None if q is None else str(q)
+
+
+def _num(q: Quantity | None) -> str | None:
+    return None if q is None else str(q.value)
+
+
+def channel_json(c: ChannelStatus) -> dict[str, Any]:
+    return {
+        "channel": c.channel,
+        "state": str(c.state),
+        "rate_ml_h": _num(c.rate),
+        "vtbi_ml": _num(c.vtbi),
+        "volume_infused_ml": _num(c.volume_infused),
+        "drug": c.drug,
+        "concentration": _q(c.concentration),
+        "dose_rate": _q(c.dose_rate),
+        "alarms": list(c.alarms),
+        "battery_percent": c.battery_percent,
+        "remote_control": c.remote_control,
+    }
+
+
+def _significant(c: ChannelStatus) -> tuple[object, ...]:
+    return (c.state, c.alarms, c.drug, c.rate, c.concentration)
+
+
+class BedsideMonitor:
+    """A poll listener: keeps :attr:`pumps` current and writes change events to the log."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        pumps: dict[str, str],
+        clock: Clock,
+        *,
+        publish: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._events = events
+        self._clock = clock
+        self._publish = publish
+        self._on_change: list[Callable[[], None]] = []
+        self.pumps: dict[str, PumpView] = {p: PumpView(p, d) for p, d in pumps.items()}
+        self._published_at: dict[str, float] = {}
+
+    async def on_identity(self, pump: str, identity: PumpIdentity) -> None:
+        self.pumps[pump].identity = identity
+        await self._event(EventType.PUMP_IDENTIFIED, asdict(identity), pump=pump)
+        self._changed(pump, significant=True)
+
+    async def on_link(self, pump: str, up: bool, error: DriverError | None) -> None:
+        view = self.pumps[pump]
+        was = view.link
+        view.link = "up" if up else "lost"
+        view.last_error = None if error is None else str(error)
+        if up and was == "lost":
+            await self._event(EventType.LINK_RESTORED, {}, pump=pump)
+        elif not up:
+            await self._event(EventType.LINK_LOST, {"error": view.last_error}, pump=pump)
+        self._changed(pump, significant=True)
+
+    async def on_status(self, pump: str, channels: tuple[ChannelStatus, ...], at: float) -> None:
+        view = self.pumps[pump]
+        significant = False
+        for status in channels:
+            before = view.channels.get(status.channel)
+            if before is None or _significant(before) != _significant(status):
+                significant = True
+            if before is None or before.state != status.state:
+                await self._event(
+                    EventType.CHANNEL_STATE,
+                    {
+                        "from": None if before is None else str(before.state),
+                        "to": str(status.state),
+                        "rate_ml_h": _num(status.rate),
+                        "volume_infused_ml": _num(status.volume_infused),
+                        "drug": status.drug,
+                    },
+                    pump=pump,
+                    channel=status.channel,
+                )
+            old_alarms = set() if before is None else set(before.alarms)
+            for alarm in sorted(set(status.alarms) - old_alarms):
+                await self._event(EventType.ALARM_RAISED, {"alarm": alarm}, pump=pump, channel=status.channel)
+            for alarm in sorted(old_alarms - set(status.alarms)):
+                await self._event(
+                    EventType.ALARM_CLEARED, {"alarm": alarm}, pump=pump, channel=status.channel
+                )
+            view.channels[status.channel] = status
+        view.polls += 1
+        view.last_poll_at = at
+        if view.first_poll_at is None:
+            view.first_poll_at = at
+            log.info("first poll of pump complete", extra={"pump": pump, "channels": len(channels)})
+            if all(v.first_poll_at is not None for v in self.pumps.values()):
+                log.info("all pumps polled", extra={"pumps": len(self.pumps)})
+        self._changed(pump, significant=significant)
+
+    def status_json(self, pump: str) -> dict[str, Any]:
+        view = self.pumps[pump]
+        return {
+            "gateway_time": self._clock.wall().isoformat(),
+            "pump": pump,
+            "driver": view.driver,
+            "link": view.link,
+            "identity": None if view.identity is None else asdict(view.identity),
+            "channels": [channel_json(c) for _, c in sorted(view.channels.items())],
+            "last_error": view.last_error,
+        }
+
+    def _changed(self, pump: str, *, significant: bool) -> None:
+        if self._publish is not None:
+            now = self._clock.monotonic()
+            last = self._published_at.get(pump)
+            if significant or last is None or now - last >= STATUS_REFRESH_S:
+                self._published_at[pump] = now
+                self._publish(pump, self.status_json(pump))
+        for callback in self._on_change:
+            callback()
+
+    def add_change_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously, so keep it cheap) after every update."""
+        self._on_change.append(callback)
+
+    async def _event(self, type: EventType, payload: dict[str, Any], **where: Any) -> None:
+        try:
+            await self._events.append(type, payload, **where)
+        except EventLogError:
+            # Never let a full disk stop the monitoring of running infusions; say it loudly.
+            log.exception("event could not be written", extra={"type": str(type)})

@@ -1,0 +1,104 @@
+"""The live terminal view: every channel of every pump, redrawn as polls arrive.
+
+On a terminal the table is redrawn in place at most a few times a second; when the output is not
+a terminal (a pipe, a log file, a test) a table is printed at most every ``plain_every_s`` seconds
+so a log stays readable. :func:`render` is pure, so it is tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from .clock import Clock
+from .monitor import PumpView
+
+_COLUMNS = ("PUMP", "LINK", "CH", "STATE", "DRUG", "CONCENTRATION", "RATE mL/h", "VTBI mL",
+            "INFUSED mL", "ALARMS")  # fmt: skip
+
+
+def render(pumps: Sequence[PumpView], header: str, footer: str = "") -> str:
+    """The table as text: one row per channel, or one row per pump that has not reported any."""
+    rows: list[tuple[str, ...]] = [_COLUMNS]
+    for view in pumps:
+        link = view.link if view.link != "lost" else "LOST"
+        if not view.channels:
+            rows.append((view.pump, link, "-", "-", "", "", "", "", "", view.last_error or ""))
+            continue
+        for number, c in sorted(view.channels.items()):
+            rows.append(
+                (
+                    view.pump,
+                    link,
+                    str(number),
+                    str(c.state),
+                    c.drug or "-",
+                    "-" if c.concentration is None else str(c.concentration),
+                    "-" if c.rate is None else str(c.rate.value),
+                    "-" if c.vtbi is None else str(c.vtbi.value),
+                    "-" if c.volume_infused is None else str(c.volume_infused.value),
+                    ", ".join(c.alarms) or "-",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    lines = [header]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if footer:
+        lines.append(footer)
+    return "\n".join(lines) + "\n"
+
+
+class TerminalView:
+    """A supervised part that draws :func:`render` on ``stream`` whenever the monitor changes."""
+
+    name = "view"
+
+    def __init__(
+        self,
+        pumps: Callable[[], Sequence[PumpView]],
+        header: Callable[[], str],
+        footer: Callable[[], str],
+        stream: TextIO,
+        clock: Clock,
+        *,
+        tty: bool,
+        plain_every_s: float = 5.0,
+    ) -> None:
+        self._pumps = pumps
+        self._header = header
+        self._footer = footer
+        self._stream = stream
+        self._clock = clock
+        self._tty = tty
+        self._min_gap = 0.25 if tty else plain_every_s
+        self._changed = asyncio.Event()
+        self._last_draw: float | None = None
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        try:
+            while True:
+                await self._changed.wait()
+                if self._last_draw is not None:
+                    wait = self._last_draw + self._min_gap - self._clock.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)  # throttle: many polls, one redraw
+                self._changed.clear()
+                self.draw()
+        finally:
+            if self._tty:
+                self._stream.write("\x1b[?25h")  # show the cursor again
+                self._stream.flush()
+
+    def draw(self) -> None:
+        text = render(self._pumps(), self._header(), self._footer())
+        if self._tty:
+            # Home, clear to end of screen, hide cursor: redraw in place without flicker.
+            text = "\x1b[H\x1b[J\x1b[?25l" + text
+        self._stream.write(text)
+        self._stream.flush()
+        self._last_draw = self._clock.monotonic()
