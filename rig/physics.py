@@ -36,6 +36,7 @@ class InfusionChannel:
     alarms: set[str] = field(default_factory=set)
     _last: float | None = None
     _delivered_towards_vtbi: Decimal = Decimal(0)
+    _infused_exact: Decimal = Decimal(0)  # unrounded sum behind infused_ml (see _add)
 
     # -- time ---------------------------------------------------------------------------------
     def advance(self, now: float) -> None:
@@ -70,7 +71,13 @@ class InfusionChannel:
         self._add(volume)
 
     def _add(self, volume: Decimal) -> None:
-        self.infused_ml = (self.infused_ml + volume).quantize(_UL, rounding=ROUND_HALF_EVEN)
+        # Sum unrounded and round only what is reported. Rounding the running total at every tick
+        # drifts: 60 mL/h advanced once a second adds 0.017 mL per tick instead of 0.01666... mL,
+        # 1.020 mL after a minute instead of 1.000. If infused_ml was set from outside, start there.
+        if self._infused_exact.quantize(_UL, rounding=ROUND_HALF_EVEN) != self.infused_ml:
+            self._infused_exact = self.infused_ml
+        self._infused_exact += volume
+        self.infused_ml = self._infused_exact.quantize(_UL, rounding=ROUND_HALF_EVEN)
 
     # -- commands -----------------------------------------------------------------------------
     def program(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pumpgw.gateway.config import GatewayConfig, ModbusTcpPumpConfig, NewEraPumpConfig, load_config
 from pumpgw.gateway.errors import ConfigError
 

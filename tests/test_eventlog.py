@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import ChainBroken, EventLogError
 from pumpgw.gateway.eventlog import EventLog, EventStore
@@ -19,9 +21,9 @@ def new(n: int) -> list[NewEvent]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
+def store(tmp_path: Path) -> Iterator[EventStore]:
     s = EventStore(tmp_path / "events.sqlite3", "gw-1", FakeClock())
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 

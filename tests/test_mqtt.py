@@ -17,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+
 from pumpgw.gateway.backoff import Backoff
 from pumpgw.gateway.broker import MosquittoBroker
 from pumpgw.gateway.clock import FakeClock
@@ -25,7 +26,9 @@ from pumpgw.gateway.eventlog import EventLog
 from pumpgw.gateway.events import EventType
 from pumpgw.gateway.mqtt import MqttPublisher
 
-FAST = {"base_s": 0.05, "cap_s": 0.2}
+
+def fast() -> Backoff:
+    return Backoff(base_s=0.05, cap_s=0.2)
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ async def eventlog(tmp_path: Path) -> AsyncIterator[EventLog]:
 
 def publisher(broker: MosquittoBroker, log: EventLog) -> MqttPublisher:
     cfg = MqttSection(enabled=True, host=broker.host, port=broker.port, keepalive_s=5)
-    return MqttPublisher(cfg, "gw-test", log, FakeClock(), backoff=Backoff(**FAST))
+    return MqttPublisher(cfg, "gw-test", log, FakeClock(), backoff=fast())
 
 
 def mosquitto_sub(broker: MosquittoBroker, topic: str, count: int) -> list[str]:
@@ -178,7 +181,7 @@ async def test_nothing_is_lost_across_a_broker_outage(broker: MosquittoBroker, e
 
 async def test_broker_down_at_start_does_not_stop_the_gateway(tmp_path: Path, eventlog: EventLog) -> None:
     cfg = MqttSection(enabled=True, host="127.0.0.1", port=1, keepalive_s=5)  # nothing listens on port 1
-    pub = MqttPublisher(cfg, "gw-test", eventlog, FakeClock(), backoff=Backoff(**FAST))
+    pub = MqttPublisher(cfg, "gw-test", eventlog, FakeClock(), backoff=fast())
     task = await start(pub)  # ready at once
     event = await eventlog.append(EventType.GATEWAY_STARTED, {})
     assert event.seq == 1

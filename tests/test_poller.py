@@ -11,6 +11,7 @@ import logging
 from decimal import Decimal
 
 import pytest
+
 from pumpgw.drivers.base import Capabilities, ChannelState, ChannelStatus, PumpIdentity
 from pumpgw.gateway.backoff import Backoff
 from pumpgw.gateway.clock import FakeClock
@@ -120,7 +121,7 @@ async def run_script(script: list[object], caplog: pytest.LogCaptureFixture, **k
         failures_to_lose=3,
         backoff=Backoff(base_s=1.0, cap_s=8.0, rand=lambda: 1.0),
         sleep=sleep,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
     task = asyncio.create_task(poller.run(asyncio.Event()))
     await done.wait()

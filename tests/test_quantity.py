@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pumpgw.gateway.errors import QuantityError
 from pumpgw.gateway.quantity import Quantity, dimension_of, known_units
 
@@ -44,7 +45,7 @@ def test_unknown_unit_is_refused() -> None:
 
 def test_bool_is_not_a_number() -> None:
     with pytest.raises(QuantityError):
-        Quantity.of(True, "mL")  # type: ignore[arg-type]
+        Quantity.of(True, "mL")
 
 
 def test_conversion_is_exact() -> None:

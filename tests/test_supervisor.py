@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from pumpgw.gateway.errors import PartFailed
 from pumpgw.gateway.supervisor import Supervisor
 
