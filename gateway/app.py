@@ -75,7 +75,10 @@ class EventLogPart:
         try:
             await self.events.append(EventType.GATEWAY_STARTED, {"gateway": self._gateway_id})
             ready.set()
-            await writer
+            # asyncio.wait, not "await writer": cancelling this part must not cancel the writer
+            # before gateway.stopped is committed below.
+            await asyncio.wait({writer})
+            writer.result()  # the writer ended on its own: that is a failure, say why
         finally:
             if not writer.done():
                 # Record the stop while the writer still runs, then let it drain and finish.

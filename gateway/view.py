@@ -2,7 +2,8 @@
 
 On a terminal the table is redrawn in place at most a few times a second; when the output is not
 a terminal (a pipe, a log file, a test) a table is printed at most every ``plain_every_s`` seconds
-so a log stays readable. :func:`render` is pure, so it is tested without a terminal.
+so a log stays readable, and once more when the view stops. :func:`render` is pure, so it is
+tested without a terminal.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class TerminalView:
             if self._tty:
                 self._stream.write("\x1b[?25h")  # show the cursor again
                 self._stream.flush()
+            else:
+                self.draw()  # the last state, for whoever reads the log afterwards
 
     def draw(self) -> None:
         text = render(self._pumps(), self._header(), self._footer())

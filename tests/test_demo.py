@@ -1,0 +1,188 @@
+"""End to end: ``pumpgw demo`` as a subprocess, against the bench rig, a real mosquitto and real
+ports; both pumps polled, events committed and delivered, nothing left running afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pumpgw.gateway.clock import FakeClock
+from pumpgw.gateway.eventlog import EventStore
+
+pytestmark = pytest.mark.slow
+
+PUMPGW = str(Path(sys.executable).with_name("pumpgw"))
+
+
+def processes_with_marker(marker: str) -> list[str]:
+    """Command lines of live processes whose environment carries ``marker`` (children inherit it)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if "State:\tZ" in status:
+            continue  # a zombie holds nothing; its parent has gone
+        if f"PUMPGW_TEST_MARKER={marker}".encode() in environ.split(b"\0"):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def demo_env(marker: str) -> dict[str, str]:
+    return {**os.environ, "PUMPGW_TEST_MARKER": marker}
+
+
+def check_state(state: Path) -> list[dict[str, object]]:
+    """The event log verifies, and holds what a demo run must have produced."""
+    store = EventStore(state / "events.sqlite3", "check", FakeClock())
+    try:
+        n = store.verify()
+        events = [e.as_dict() for e in store.read_after(0, limit=10_000)]
+        delivered = store.delivered_seq("mqtt")
+    finally:
+        store.close()
+    assert n == len(events) > 0
+    types = [e["type"] for e in events]
+    assert types[0] == "gateway.started"
+    assert types[-1] == "gateway.stopped"
+    identified = {e["pump"] for e in events if e["type"] == "pump.identified"}
+    assert identified == {"rig-modbus-1", "rig-newera-1"}
+    # Both pumps polled: every channel reported its state (the rig starts them infusing).
+    polled = {
+        (e["pump"], e["channel"], e["payload"]["to"]) for e in events if e["type"] == "channel.state_changed"
+    }
+    assert {
+        ("rig-modbus-1", 1, "infusing"),
+        ("rig-modbus-1", 2, "infusing"),
+        ("rig-newera-1", 1, "infusing"),
+    } <= polled
+    # Streamed to the local mosquitto; only events after the last delivery may remain (stop).
+    assert delivered >= n - 1, (delivered, n)
+    return events
+
+
+def test_demo_with_duration_runs_polls_logs_and_leaves_nothing(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    state = tmp_path / "state"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [PUMPGW, "demo", "--duration", "5", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=120, check=False, env=demo_env(marker),
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert 5 <= elapsed < 60
+    assert "all pumps polled" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The live view printed tables with every channel and the moving numbers.
+    assert "rig-modbus-1" in proc.stdout
+    assert "rig-newera-1" in proc.stdout
+    assert "Noradrenaline" in proc.stdout
+    assert "0.08 mg/mL" in proc.stdout
+    check_state(state)
+    assert processes_with_marker(marker) == []
+    # Broker and rig files are the demo's own; the PTY went with the rig process.
+    assert (state / "mosquitto" / "mosquitto.conf").exists()
+
+
+def test_ctrl_c_stops_everything_in_order(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    state = tmp_path / "state"
+    with subprocess.Popen(
+        [PUMPGW, "demo", "--state-dir", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "all pumps polled" in line or time.monotonic() > deadline:
+                break
+        assert any("all pumps polled" in line for line in lines), "".join(lines)
+        # The rig and the broker run while the demo does.
+        assert len(processes_with_marker(marker)) >= 3, processes_with_marker(marker)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest
+    assert "Traceback" not in rest
+    check_state(state)
+    assert processes_with_marker(marker) == []
+
+
+def test_killed_demo_takes_its_children_with_it(tmp_path: Path) -> None:
+    """SIGKILL gives no chance to clean up: the kernel ends the children (PR_SET_PDEATHSIG)."""
+    marker = uuid.uuid4().hex
+    with subprocess.Popen(
+        [PUMPGW, "demo", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "all pumps polled" in line:
+                break
+        proc.kill()
+        proc.wait(30)
+    for _ in range(100):
+        if not processes_with_marker(marker):
+            break
+        time.sleep(0.05)  # the children get SIGTERM from the kernel and exit on their own time
+    assert processes_with_marker(marker) == []
+
+
+def test_events_verify_command_on_the_demo_log(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run = subprocess.run(
+        [PUMPGW, "demo", "--duration", "2", "--no-mqtt", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    ok = subprocess.run(
+        [PUMPGW, "events", "verify", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "hash chain intact" in ok.stdout
+    db = sqlite3.connect(state / "events.sqlite3")
+    db.execute("UPDATE events SET payload = '{}' WHERE seq = 2")
+    db.commit()
+    db.close()
+    bad = subprocess.run(
+        [PUMPGW, "events", "verify", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "hash chain broken at event seq 2" in bad.stderr
+
+
+def test_demo_log_format_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [PUMPGW, "--log-format", "json", "demo", "--duration", "2", "--no-mqtt", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    polled = [r for r in records if r["message"] == "first poll of pump complete"]
+    assert {r["pump"] for r in polled} == {"rig-modbus-1", "rig-newera-1"}
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
