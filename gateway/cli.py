@@ -155,8 +155,20 @@ def run(ctx: click.Context, config_path: Path) -> None:
 
 
 @main.command()
-@click.option("--modbus-pumps", type=click.IntRange(0, 16), default=1, show_default=True)
-@click.option("--newera-pumps", type=click.IntRange(0, 16), default=1, show_default=True)
+@click.option(
+    "--modbus-pumps",
+    type=click.IntRange(0, 16),
+    default=1,
+    show_default=True,
+    help="Two-channel pumps, each on its own Modbus TCP port on 127.0.0.1.",
+)
+@click.option(
+    "--newera-pumps",
+    type=click.IntRange(0, 16),
+    default=1,
+    show_default=True,
+    help="New Era syringe pumps, each on its own pseudo-terminal pair.",
+)
 def rig(modbus_pumps: int, newera_pumps: int) -> None:
     """Run the bench rig alone: emulated pumps until Ctrl-C.
 

@@ -161,3 +161,19 @@ def test_mypy_strict_resolves_every_subpackage(tmp_path: Path) -> None:
         in proc.stdout
     )
     assert proc.stdout.count("error:") == 1, proc.stdout
+
+
+def test_the_gateway_does_not_import_heavy_libraries_it_does_not_use_yet() -> None:
+    # fhir.resources (~400 ms, 26 MiB), hl7apy and biip (~240 ms) are imported only when their
+    # feature is in use (shared/reference/dependencies.md §11: all at once cost 70 MiB).
+    code = (
+        "import sys\n"
+        "import pumpgw.gateway.cli, pumpgw.gateway.app, pumpgw.gateway.demo, pumpgw.gateway.mqtt\n"
+        "import pumpgw.drivers.modbus, pumpgw.drivers.newera, pumpgw.rig.bench_rig\n"
+        "print(sorted(m for m in ('fhir', 'hl7apy', 'hl7', 'biip') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
