@@ -57,7 +57,8 @@ def baseline() -> Run:
         [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     ) as proc:  # fmt: skip
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         proc.stdout.readline()
         elapsed = time.perf_counter() - t0
         rss = vm_hwm_mib(proc.pid)
@@ -168,8 +169,9 @@ def main() -> None:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
-    print(f"# pumpgw bench: {len(pumps)} pumps ({', '.join(str(p['driver']) for p in pumps)}), "
-          f"MQTT {'on' if mqtt_port else 'off'}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")  # fmt: skip
+    drivers = ", ".join(str(p["driver"]) for p in pumps)
+    print(f"# pumpgw bench: {len(pumps)} pumps ({drivers}), MQTT {'on' if mqtt_port else 'off'}, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")  # fmt: skip
     print(line("start_to_first_poll_all", [r.first_poll_s for r in runs], "s",
                [b.first_poll_s for b in bases], f"<= {START_TARGET_S} s"))  # fmt: skip
     print(line("gateway_peak_rss", [r.peak_rss_mib for r in runs], "MiB",
