@@ -33,6 +33,7 @@ from .eventlog import EventLog
 log = logging.getLogger(__name__)
 
 DESTINATION = "mqtt"
+STOP_FLUSH_S = 3.0  # on a clean stop, time allowed to deliver the backlog and say offline
 
 
 class MqttPublisher:
@@ -149,19 +150,21 @@ class MqttPublisher:
                 await asyncio.sleep(backoff.next())
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
-        # A clean stop: the will is not sent, so say it ourselves (best effort, bounded).
+        """On a clean stop: deliver what is already in the log, then say offline (the will is only
+        sent for unclean ends). Best effort and bounded: what is not delivered stays in the outbox.
+        """
         task = asyncio.current_task()
         if task is None or not task.cancelling():
             return
+
+        async def goodbye() -> None:
+            await self._drain(client)
+            await client.publish(self.status_topic, self._gateway_status("offline"), qos=1, retain=True)
+
         try:
-            await asyncio.shield(
-                asyncio.wait_for(
-                    client.publish(self.status_topic, self._gateway_status("offline"), qos=1, retain=True),
-                    2,
-                )
-            )
+            await asyncio.shield(asyncio.wait_for(goodbye(), STOP_FLUSH_S))
         except (aiomqtt.MqttError, TimeoutError):
-            log.debug("could not publish offline status on stop")
+            log.debug("could not flush and say offline on stop")
 
     def _where(self) -> str:
         return f"{self._config.host}:{self._config.port}"
