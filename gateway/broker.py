@@ -37,6 +37,21 @@ def die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+async def stop_child(proc: asyncio.subprocess.Process, what: str, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; never waits forever. Idempotent."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.returncode is not None:
+            return
+        if sig is signal.SIGKILL:
+            log.warning("child did not stop in time; killing it", extra={"child": what, "pid": proc.pid})
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace_s)
+    if proc.returncode is None:
+        log.error("child survived SIGKILL", extra={"child": what, "pid": proc.pid})
+
+
 def find_mosquitto() -> str | None:
     """Path of the mosquitto binary, or None. Debian installs it in /usr/sbin, often not on PATH."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -102,6 +117,9 @@ class MosquittoBroker:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # Own session: a Ctrl-C at the terminal reaches only our process, which stops the
+            # broker itself, in order (after the gateway has said goodbye over it).
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
         loop = asyncio.get_running_loop()
@@ -146,12 +164,7 @@ class MosquittoBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc, "mosquitto")
 
     async def __aenter__(self) -> MosquittoBroker:
         await self.start()

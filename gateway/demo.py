@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .app import EVENT_LOG_NAME, Gateway
-from .broker import MosquittoBroker, die_with_parent, find_mosquitto
+from .broker import MosquittoBroker, die_with_parent, find_mosquitto, stop_child
 from .clock import Clock
 from .config import parse_config
 from .errors import EnvironmentProblem
@@ -40,6 +40,7 @@ class RigProcess:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pumpgw.gateway.cli", "rig", *self._args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rig in order
             preexec_fn=die_with_parent,
         )  # fmt: skip
         stdout = self._proc.stdout
@@ -73,14 +74,8 @@ class RigProcess:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if proc is not None:
+            await stop_child(proc, "rig")
 
 
 class BrokerWatch:
