@@ -579,17 +579,34 @@ def parse_number(text: str) -> Decimal:
         raise ValueError(f"{text!r} is not a New Era number") from None
 
 
+# The manual allows 4 digits (NE-M p.38); allow some slack for firmware variants, but refuse
+# absurd readings before they reach exact arithmetic (a 40-digit rate is a broken wire, not a rate).
+READING_MAX_DIGITS = 8
+
+
+def _reading(number: str, text: str, peer: str, what: str) -> Decimal:
+    if sum(c.isdigit() for c in number) > READING_MAX_DIGITS:
+        raise ProtocolError(
+            peer, f"parse {what}", text.encode(), f"more than {READING_MAX_DIGITS} digits in a reading"
+        )
+    try:
+        return parse_number(number)
+    except ValueError as exc:
+        raise ProtocolError(peer, f"parse {what}", text.encode(), str(exc)) from None
+
+
 def parse_amount(text: str, units: Mapping[str, str], *, peer: str = "pump", what: str = "value") -> Quantity:
     """``"5.000MH"`` with ``RATE_UNITS`` as ``Quantity(5.000, "mL/h")``, exactly.
 
-    Raises ProtocolError if the text is not a number followed by one of ``units``.
+    Raises ProtocolError if the text is not a number (of at most READING_MAX_DIGITS digits)
+    followed by one of ``units``.
     """
     match = _AMOUNT.fullmatch(text)
     if match is None or match[2] not in units:
         raise ProtocolError(
             peer, f"parse {what}", text.encode(), f"expected a number and one of {sorted(units)}"
         )
-    return Quantity(parse_number(match[1]), units[match[2]])
+    return Quantity(_reading(match[1], text, peer, what), units[match[2]])
 
 
 def parse_dispensed(text: str, *, peer: str = "pump") -> tuple[Quantity, Quantity]:
@@ -598,7 +615,8 @@ def parse_dispensed(text: str, *, peer: str = "pump") -> tuple[Quantity, Quantit
     if match is None or match[3] not in VOLUME_UNITS:
         raise ProtocolError(peer, "parse DIS", text.encode(), "expected I<number>W<number><UL|ML>")
     unit = VOLUME_UNITS[match[3]]
-    return Quantity(parse_number(match[1]), unit), Quantity(parse_number(match[2]), unit)
+    infused = _reading(match[1], text, peer, "DIS")
+    return Quantity(infused, unit), Quantity(_reading(match[2], text, peer, "DIS"), unit)
 
 
 def parse_firmware(text: str, *, peer: str = "pump") -> tuple[str, str]:

@@ -110,29 +110,29 @@ class MosquittoBroker:
             f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}{user}"
             "log_dest stderr\nlog_type error\nlog_type warning\n"
         )
-        self._proc = await asyncio.create_subprocess_exec(
-            binary,
-            "-c",
-            str(conf),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            # Own session: a Ctrl-C at the terminal reaches only our process, which stops the
-            # broker itself, in order (after the gateway has said goodbye over it).
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        # stderr to a file, not a pipe: a pipe nobody reads would block the broker once full.
+        logfile = self.workdir / "mosquitto.log"
+        with logfile.open("ab") as err:
+            self._proc = await asyncio.create_subprocess_exec(
+                binary,
+                "-c",
+                str(conf),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err,
+                # Own session: a Ctrl-C at the terminal reaches only our process, which stops the
+                # broker itself, in order (after the gateway has said goodbye over it).
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout_s
         while True:
             if self._proc.returncode is not None:
-                err = b""
-                if self._proc.stderr is not None:
-                    err = await self._proc.stderr.read()
+                tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
                 raise EnvironmentProblem(
-                    f"mosquitto exited at start with code {self._proc.returncode}: "
-                    f"{err.decode(errors='replace').strip()}",
-                    f"check {conf}",
+                    f"mosquitto exited at start with code {self._proc.returncode}: {' / '.join(tail)}",
+                    f"check {conf} and {logfile}",
                 )
             try:
                 _, writer = await asyncio.open_connection(self.host, self.port)
@@ -142,7 +142,7 @@ class MosquittoBroker:
                     raise EnvironmentProblem(
                         f"mosquitto did not accept connections on {self.host}:{self.port} "
                         f"within {self._start_timeout_s:g} s",
-                        "check that loopback networking works",
+                        f"check that loopback networking works, and {logfile}",
                     ) from None
                 # Start-up poll: mosquitto gives no readiness signal we can wait on instead.
                 await asyncio.sleep(0.02)

@@ -1,8 +1,8 @@
 """The ``pumpgw`` command.
 
-Exit codes: 0 success; 1 the gateway or a check failed while running; 2 bad configuration or bad
-usage (the message names the file, the key, the bad value and what was expected); 130 stopped by
-Ctrl-C before it was ready.
+Exit codes: 0 success, including a stop by Ctrl-C or SIGTERM; 1 the gateway or a check failed
+while running; 2 bad configuration or bad usage (the message names the file, the key, the bad
+value and what was expected).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from .clock import SystemClock
-from .errors import ConfigError, PumpGwError
+from .errors import ConfigError, PartFailed, PumpGwError
 from .logs import setup_logging
 
 log = logging.getLogger("pumpgw")
@@ -50,6 +50,12 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], duration
     except ConfigError as exc:
         click.echo(f"pumpgw: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+    except PartFailed as exc:
+        if isinstance(exc.cause, ConfigError):
+            click.echo(f"pumpgw: configuration error: {exc.cause}", err=True)
+            sys.exit(EXIT_CONFIG)
+        click.echo(f"pumpgw: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     except PumpGwError as exc:
         click.echo(f"pumpgw: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -137,10 +143,11 @@ def demo(ctx: click.Context, duration: float | None, state_dir: Path | None, no_
 def run(ctx: click.Context, config_path: Path) -> None:
     """Run the gateway for a real deployment, from a TOML configuration file."""
     from .app import Gateway
-    from .config import load_config
+    from .config import check_files, load_config
 
     try:
         config = load_config(config_path)
+        check_files(config, str(config_path))
     except ConfigError as exc:
         click.echo(f"pumpgw: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -223,22 +230,22 @@ def events() -> None:
 def events_verify(state_dir: Path | None) -> None:
     """Check the event log's hash chain; name the first bad event if there is one."""
     from .app import EVENT_LOG_NAME
-    from .eventlog import EventStore
+    from .eventlog import verify_file
 
     path = (state_dir or _default_demo_state_dir()) / EVENT_LOG_NAME
     if not path.exists():
         click.echo(f"pumpgw: no event log at {path}", err=True)
         sys.exit(EXIT_CONFIG)
     try:
-        store = EventStore(path, "verify", SystemClock())
-        try:
-            n = store.verify()
-        finally:
-            store.close()
+        result = verify_file(path)
     except PumpGwError as exc:
         click.echo(f"pumpgw: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"{path}: {n} events, hash chain intact")
+    click.echo(
+        f"{path}: {result.count} events, hash chain intact; last event seq {result.last_seq}, "
+        f"hash {result.last_hash}\n(deleting the newest events leaves a valid chain: compare the last "
+        "seq and hash with the copy delivered upstream)"
+    )
 
 
 def _entry() -> None:  # pragma: no cover - python -m pumpgw.gateway.cli

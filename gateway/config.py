@@ -82,6 +82,20 @@ class NewEraPumpConfig(_PumpBase):
     address: Annotated[int, Field(ge=0, le=99)] = 0
     safe_mode_timeout_s: Annotated[int, Field(ge=1, le=255)] = 10
 
+    @model_validator(mode="after")
+    def _polls_keep_safe_mode_alive(self) -> NewEraPumpConfig:
+        # In safe mode the pump STOPS THE INFUSION and alarms when no valid packet arrives for
+        # safe_mode_timeout_s (pump-protocols.md §2.3); the gateway's polls are its keep-alive.
+        # Keep the gap between packets under half the timeout, as NESP's heartbeat does.
+        gap = self.poll_interval_s + self.timeout_s
+        if gap > self.safe_mode_timeout_s / 2:
+            raise ValueError(
+                f"poll_interval_s + timeout_s = {gap:g} s must be at most half of "
+                f"safe_mode_timeout_s ({self.safe_mode_timeout_s} s), or the pump will stop the "
+                "infusion for lack of packets"
+            )
+        return self
+
 
 PumpConfig = Annotated[ModbusTcpPumpConfig | NewEraPumpConfig, Field(discriminator="driver")]
 
@@ -159,3 +173,28 @@ def load_config(path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "(syntax)", str(exc), "valid TOML") from None
     return parse_config(data, source)
+
+
+def check_files(config: GatewayConfig, source: str) -> None:
+    """Check that the files the configuration names can be read, before anything starts.
+
+    Separate from :func:`load_config` so a file can be checked on another machine than the box it
+    is for. Raises ConfigError naming the key and the file.
+    """
+    files: list[tuple[str, Path | None]] = []
+    if config.mqtt.enabled:
+        files.append(("mqtt.password_file", config.mqtt.password_file))
+        if config.mqtt.tls is not None:
+            files += [
+                ("mqtt.tls.ca_file", config.mqtt.tls.ca_file),
+                ("mqtt.tls.cert_file", config.mqtt.tls.cert_file),
+                ("mqtt.tls.key_file", config.mqtt.tls.key_file),
+            ]
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(source, key, str(path), f"a readable file ({exc.strerror})") from None

@@ -31,18 +31,21 @@ class RigProcess:
 
     name = "rig"
 
-    def __init__(self, args: list[str], start_timeout_s: float = 20.0) -> None:
+    def __init__(self, args: list[str], logfile: Path, start_timeout_s: float = 20.0) -> None:
         self._args = args
+        self._logfile = logfile
         self._start_timeout_s = start_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> list[dict[str, Any]]:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pumpgw.gateway.cli", "rig", *self._args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rig in order
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
+        # The rig's log goes to a file: on a terminal it would tear the live table.
+        with self._logfile.open("ab") as err:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pumpgw.gateway.cli", "rig", *self._args,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
+                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rig in order
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
         stdout = self._proc.stdout
         if stdout is None:  # pragma: no cover - PIPE was asked for just above
             raise RuntimeError("rig stdout is not a pipe")
@@ -52,7 +55,7 @@ class RigProcess:
             await self.stop()
             raise EnvironmentProblem(
                 f"the bench rig did not report its pumps within {self._start_timeout_s:g} s",
-                "run 'pumpgw rig' by hand to see why",
+                f"see {self._logfile}",
             ) from None
         try:
             endpoints: list[dict[str, Any]] = json.loads(line)["pumps"]
@@ -60,7 +63,7 @@ class RigProcess:
             await self.stop()
             raise EnvironmentProblem(
                 f"the bench rig did not start (it printed {line[:200]!r})",
-                "run 'pumpgw rig' by hand to see why",
+                f"see {self._logfile}",
             ) from None
         return endpoints
 
@@ -70,7 +73,7 @@ class RigProcess:
             raise RuntimeError("RigProcess.run before start")
         ready.set()
         code = await self._proc.wait()
-        raise EnvironmentProblem(f"the bench rig exited with code {code}", "see its messages above")
+        raise EnvironmentProblem(f"the bench rig exited with code {code}", f"see {self._logfile}")
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -89,7 +92,9 @@ class BrokerWatch:
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
         code = await self._broker.wait()
-        raise EnvironmentProblem(f"mosquitto exited with code {code}", "see its messages above")
+        raise EnvironmentProblem(
+            f"mosquitto exited with code {code}", f"see {self._broker.workdir / 'mosquitto.log'}"
+        )
 
 
 async def run_demo(
@@ -105,7 +110,7 @@ async def run_demo(
     """Run the demo until ``stop`` is set. Raises PartFailed or EnvironmentProblem on failure."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        rig = RigProcess(rig_args or [])
+        rig = RigProcess(rig_args or [], state_dir / "rig.log")
         stack.push_async_callback(rig.stop)
         endpoints = await rig.start()
         extra: list[Any] = [rig]

@@ -7,7 +7,9 @@ queued while the previous commit was on disk goes into the next transaction, so 
 the disk's commit rate times the batch size instead of one fsync per event.
 
 Each event stores the SHA-256 of the previous event's hash and its own canonical content, so an
-edited, deleted or reordered event is found by :meth:`EventStore.verify`.
+edited, deleted or reordered event is found by :meth:`EventStore.verify`. Deleting the newest
+events leaves a valid but shorter chain: compare the last seq and hash (:func:`verify_file`) with
+the copy delivered upstream to see that.
 
 :class:`EventStore` is the synchronous core (one connection, used from one thread);
 :class:`EventLog` is the asyncio face that runs the store on a dedicated thread and group-commits.
@@ -23,6 +25,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 def event_hash(prev_hash: str, content: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the canonical JSON of the event's content."""
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
@@ -133,7 +138,12 @@ class EventStore:
             time = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             id_ = self._ids.next(int(now.timestamp() * 1000))
             content = _content(seq, id_, time, self.gateway, new)
-            digest = event_hash(prev, content)
+            try:
+                digest = event_hash(prev, content)
+            except (TypeError, ValueError) as exc:
+                raise EventLogError(
+                    str(self.path), f"{new.type} payload is not plain JSON (strings, numbers, lists): {exc}"
+                ) from None
             rows.append(
                 Event(seq, id_, time, self.gateway, str(new.type), new.pump, new.channel,
                       new.payload, prev, digest)
@@ -169,12 +179,17 @@ class EventStore:
 
     def read_after(self, seq: int, limit: int = 100) -> list[Event]:
         """Up to ``limit`` events with a sequence number above ``seq``, in order."""
-        cur = self._db.execute(
-            "SELECT seq, id, time, gateway, type, pump, channel, payload, prev_hash, hash "
-            "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
-        )
-        return [_row_to_event(r) for r in cur]
+        try:
+            cur = self._db.execute(
+                "SELECT seq, id, time, gateway, type, pump, channel, payload, prev_hash, hash "
+                "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            return [_row_to_event(r) for r in cur]
+        except _BadRow as bad:
+            raise ChainBroken(str(self.path), bad.seq, bad.reason) from None
+        except sqlite3.Error as exc:
+            raise EventLogError(str(self.path), f"cannot read events after seq {seq}: {exc}") from exc
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
@@ -195,20 +210,62 @@ class EventStore:
 
     def verify(self) -> int:
         """Check the whole hash chain; return the number of events. Raises ChainBroken."""
-        return verify_events(str(self.path), self._iter_all())
+        return verify_events(str(self.path), _iter_all(self._db, str(self.path)))
 
-    def _iter_all(self) -> Iterator[Event]:
-        cur = self._db.execute(
-            "SELECT seq, id, time, gateway, type, pump, channel, payload, prev_hash, hash "
-            "FROM events ORDER BY seq"
-        )
-        for row in cur:
-            yield _row_to_event(row)
+
+class _BadRow(Exception):
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
 
 
 def _row_to_event(row: tuple[Any, ...]) -> Event:
-    return Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]), row[8],
-                 row[9])  # fmt: skip
+    try:
+        payload = json.loads(row[7])
+    except (TypeError, ValueError):
+        raise _BadRow(row[0], "payload is not valid JSON (edited)") from None
+    return Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, row[8], row[9])
+
+
+def _iter_all(db: sqlite3.Connection, source: str) -> Iterator[Event]:
+    cur = db.execute(
+        "SELECT seq, id, time, gateway, type, pump, channel, payload, prev_hash, hash "
+        "FROM events ORDER BY seq"
+    )
+    for row in cur:
+        try:
+            yield _row_to_event(row)
+        except _BadRow as bad:
+            raise ChainBroken(source, bad.seq, bad.reason) from None
+
+
+@dataclass(frozen=True)
+class Verified:
+    count: int
+    last_seq: int
+    last_hash: str  # compare with the copy delivered upstream: truncation leaves a valid chain
+
+
+def verify_file(path: Path) -> Verified:
+    """Verify the log at ``path`` without writing to it (read-only; no table is created).
+
+    Raises EventLogError if it is not an event log, ChainBroken at the first bad event.
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise EventLogError(str(path), f"cannot open read-only: {exc}") from exc
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "events" not in tables:
+            raise EventLogError(str(path), "not a pumpgw event log (no events table)")
+        count = verify_events(str(path), _iter_all(db, str(path)))
+        row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise EventLogError(str(path), f"cannot read: {exc}") from exc
+    finally:
+        db.close()
+    return Verified(count, row[0] if row else 0, row[1] if row else GENESIS_HASH)
 
 
 def verify_events(source: str, events: Iterator[Event]) -> int:
@@ -274,8 +331,14 @@ class EventLog:
         channel: int | None = None,
     ) -> Event:
         """Queue an event and wait until it is committed. Raises EventLogError if it cannot be."""
+        payload = payload or {}
+        try:
+            json.dumps(payload, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            # Refused here, to this caller only: a bad payload must not fail a batch of others.
+            raise EventLogError(str(self.path), f"{type} payload is not plain JSON: {exc}") from None
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        await self._queue.put((NewEvent(type, payload or {}, pump, channel), fut))
+        await self._queue.put((NewEvent(type, payload, pump, channel), fut))
         return await fut
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -306,10 +369,11 @@ class EventLog:
             batch.append(self._queue.get_nowait())
         try:
             stored: list[Event] = await self._call(self.store.append, [n for n, _ in batch])
-        except EventLogError as exc:
+        except Exception as exc:  # noqa: BLE001 - every caller gets an answer; the writer lives on
+            error = exc if isinstance(exc, EventLogError) else EventLogError(str(self.path), repr(exc))
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(error)
             return
         for (_, fut), event in zip(batch, stored, strict=True):
             if not fut.done():

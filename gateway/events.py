@@ -18,8 +18,8 @@ class EventType(StrEnum):
     GATEWAY_STARTED = "gateway.started"
     GATEWAY_STOPPED = "gateway.stopped"
     PUMP_IDENTIFIED = "pump.identified"  # payload: identity as the pump reports it
-    LINK_LOST = "pump.link_lost"  # payload: failures, error
-    LINK_RESTORED = "pump.link_restored"  # payload: after_failures
+    LINK_LOST = "pump.link_lost"  # payload: error (names the consecutive failures)
+    LINK_RESTORED = "pump.link_restored"  # payload: none
     CHANNEL_STATE = "channel.state_changed"  # payload: from, to, rate_ml_h, volume_infused_ml, drug
     ALARM_RAISED = "channel.alarm_raised"  # payload: alarm
     ALARM_CLEARED = "channel.alarm_cleared"  # payload: alarm

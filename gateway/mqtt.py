@@ -27,8 +27,9 @@ import aiomqtt
 from .backoff import Backoff
 from .clock import Clock
 from .config import MqttSection
-from .errors import ConfigError
+from .errors import ConfigError, EventLogError
 from .eventlog import EventLog
+from .supervisor import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,19 @@ class MqttPublisher:
                                   f"a readable file ({exc.strerror})") from None  # fmt: skip
         tls_context = None
         if cfg.tls is not None:
-            tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
+            try:
+                tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("config", "mqtt.tls.ca_file", str(cfg.tls.ca_file),
+                                  f"a readable PEM CA bundle ({exc})") from None  # fmt: skip
             if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
-                tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+                try:
+                    tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+                except (OSError, ssl.SSLError) as exc:
+                    expected = f"a readable PEM certificate matching key_file ({exc})"
+                    raise ConfigError(
+                        "config", "mqtt.tls.cert_file", str(cfg.tls.cert_file), expected
+                    ) from None
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -134,6 +145,7 @@ class MqttPublisher:
                         while True:
                             self._wake.clear()
                             await self._drain(client)
+                            raise_if_cancelling()
                             await self._wake.wait()
                     finally:
                         self.connected = False
@@ -146,6 +158,14 @@ class MqttPublisher:
                         "MQTT broker unreachable; events stay in the local log until it is back",
                         extra={"broker": self._where(), "error": str(exc)},
                     )
+                failing = True
+                await asyncio.sleep(backoff.next())
+            except EventLogError as exc:
+                # The log cannot be read (disk error, a damaged row): delivery waits, the pumps
+                # are still polled, and it is said once until delivery works again.
+                self.connected = False
+                if not failing:
+                    log.exception("cannot read the event log for delivery", extra={"error": str(exc)})
                 failing = True
                 await asyncio.sleep(backoff.next())
 

@@ -24,6 +24,7 @@ from pumpgw.drivers.base import ChannelStatus, PumpDriver, PumpIdentity
 from .backoff import Backoff
 from .clock import Clock
 from .errors import DriverError, LinkLost
+from .supervisor import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class PumpPoller:
         try:
             while True:
                 ok = await self.poll_once()
+                raise_if_cancelling()
                 if ok or self.link_up is not False:
                     await self._sleep(self._interval)
                 else:
@@ -93,6 +95,11 @@ class PumpPoller:
             channels = await self.driver.read_status()
         except DriverError as exc:
             await self._failed(exc)
+            return False
+        except Exception as exc:
+            if self.failures == 0:
+                log.exception("driver raised an unexpected error", extra={"pump": pump})
+            await self._failed(DriverError(pump, "poll", f"unexpected {type(exc).__name__}: {exc}"))
             return False
         self.polls += 1
         if self.failures:

@@ -19,6 +19,20 @@ from .errors import PartFailed
 
 log = logging.getLogger(__name__)
 
+STOP_ATTEMPTS = 3
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if this task has been asked to stop.
+
+    Long-running loops call it after every await that goes through a library using Python 3.11's
+    ``asyncio.wait_for``, which can swallow a cancellation that races with a result
+    (fixed in 3.12, https://github.com/python/cpython/issues/86296).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 
 class Part(Protocol):
     @property
@@ -32,12 +46,15 @@ class _Stopped(Exception):
 
 
 class Supervisor:
-    def __init__(self, parts: Sequence[Part], *, start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, parts: Sequence[Part], *, start_timeout_s: float = 15.0, stop_grace_s: float = 10.0
+    ) -> None:
         names = [p.name for p in parts]
         if len(set(names)) != len(names):
             raise ValueError(f"part names must be unique: {names}")
         self._parts = list(parts)
         self._start_timeout_s = start_timeout_s
+        self._stop_grace_s = stop_grace_s
         self._tasks: list[tuple[Part, asyncio.Task[None]]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -84,13 +101,31 @@ class Supervisor:
         return PartFailed(part.name, cause)
 
     async def _stop_all(self) -> None:
-        """Cancel the parts in reverse start order, each finishing before the next is cancelled."""
+        """Cancel the parts in reverse start order, each finishing before the next is cancelled.
+
+        A part gets ``stop_grace_s`` to finish; then it is cancelled again (Python 3.11's
+        ``asyncio.wait_for``, used inside aiomqtt and pymodbus, can drop a cancellation that
+        arrives together with a result), and after three tries it is left behind with an error in
+        the log, so one stuck part never keeps the event log from closing.
+        """
         while self._tasks:
             part, task = self._tasks.pop()
-            if not task.done():
+            for attempt in range(1, STOP_ATTEMPTS + 1):
+                if task.done():
+                    break
                 task.cancel()
-            # asyncio.wait never raises the part's exception and never swallows our own cancellation.
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.debug("part ended with an error while stopping", extra={"part": part.name})
+                # asyncio.wait never raises the part's exception and never swallows our own cancellation.
+                await asyncio.wait({task}, timeout=self._stop_grace_s)
+                if not task.done():
+                    log.warning(
+                        "part did not stop; cancelling it again",
+                        extra={"part": part.name, "attempt": attempt, "grace_s": self._stop_grace_s},
+                    )
+            if not task.done():
+                log.error("part did not stop; leaving it behind", extra={"part": part.name})
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "part ended with an error while stopping",
+                    extra={"part": part.name, "error": repr(task.exception())},
+                )
             log.debug("part stopped", extra={"part": part.name})

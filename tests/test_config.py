@@ -130,3 +130,29 @@ def test_cli_config_check_accepts_the_example() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "valid; gateway icu3-bed12, 2 pump(s), MQTT on" in proc.stdout
+
+
+def test_a_poll_interval_that_would_let_safe_mode_stop_the_pump_is_refused(tmp_path: Path) -> None:
+    # Found in review: poll_interval_s = 8 with safe_mode_timeout_s = 3 passed, and the emulated
+    # pump stopped its infusion with a comms-timeout alarm.
+    path = write(
+        tmp_path,
+        "[[pumps]]\nid = 'ne'\ndriver = 'newera'\nport = '/dev/ttyS0'\npoll_interval_s = 8\nsafe_mode_timeout_s = 3\n",
+    )
+    with pytest.raises(ConfigError, match=r"poll_interval_s \+ timeout_s = 9 s must be at most half") as info:
+        load_config(path)
+    assert info.value.key == "pumps[0]"
+
+
+def test_run_refuses_a_missing_tls_file_with_exit_2(tmp_path: Path) -> None:
+    # Found in review: a missing ca_file surfaced as "mqtt failed: FileNotFoundError" and exit 1.
+    path = write(
+        tmp_path,
+        f"[gateway]\nstate_dir = '{tmp_path}'\n[mqtt]\nenabled = true\n[mqtt.tls]\nca_file = '{tmp_path}/nope.pem'\n",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pumpgw.gateway.cli", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"mqtt.tls.ca_file = '{tmp_path}/nope.pem' is not valid: expected a readable file" in proc.stderr

@@ -161,7 +161,7 @@ def test_events_verify_command_on_the_demo_log(tmp_path: Path) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "hash chain intact" in ok.stdout
+    assert "hash chain intact; last event seq" in ok.stdout
     db = sqlite3.connect(state / "events.sqlite3")
     db.execute("UPDATE events SET payload = '{}' WHERE seq = 2")
     db.commit()

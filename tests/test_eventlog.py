@@ -162,3 +162,55 @@ async def test_events_queued_at_stop_are_still_committed(tmp_path: Path) -> None
     await asyncio.wait({writer})
     assert [t.result().seq for t in pending] == [1, 2, 3]
     await log.close()
+
+
+async def test_a_payload_that_is_not_json_is_refused_to_its_caller_only(tmp_path: Path) -> None:
+    # Found in review: a Decimal in a payload killed the writer and lost the other events.
+    from decimal import Decimal
+
+    log = EventLog(tmp_path / "e.sqlite3", "gw", FakeClock())
+    ready = asyncio.Event()
+    writer = asyncio.create_task(log.run(ready))
+    await ready.wait()
+    try:
+        good = asyncio.create_task(log.append(EventType.ALARM_RAISED, {"alarm": "occlusion"}))
+        with pytest.raises(EventLogError, match="payload is not plain JSON"):
+            await log.append(EventType.CHANNEL_STATE, {"rate": Decimal("5")})
+        with pytest.raises(EventLogError, match="payload is not plain JSON"):
+            await log.append(EventType.CHANNEL_STATE, {"rate": float("nan")})
+        assert (await good).seq == 1
+        assert not writer.done()
+        assert (await log.append(EventType.GATEWAY_STOPPED, {})).seq == 2
+    finally:
+        writer.cancel()
+        await asyncio.wait({writer})
+        await log.close()
+
+
+def test_a_damaged_payload_is_named_not_a_traceback(store: EventStore) -> None:
+    store.append(new(3))
+    tamper(store.path, "UPDATE events SET payload = '{oops' WHERE seq = 2")
+    with pytest.raises(ChainBroken) as info:
+        store.verify()
+    assert info.value.seq == 2
+    with pytest.raises(ChainBroken, match="not valid JSON"):
+        store.read_after(0)
+
+
+def test_verify_file_is_read_only_and_reports_the_end_of_the_chain(tmp_path: Path) -> None:
+    from pumpgw.gateway.eventlog import verify_file
+
+    path = tmp_path / "e.sqlite3"
+    s = EventStore(path, "gw", FakeClock())
+    last = s.append(new(4))[-1]
+    s.close()
+    before = path.read_bytes()
+    result = verify_file(path)
+    assert (result.count, result.last_seq, result.last_hash) == (4, 4, last.hash)
+    assert path.read_bytes() == before
+    other = tmp_path / "other.sqlite3"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.close()
+    with pytest.raises(EventLogError, match="not a pumpgw event log"):
+        verify_file(other)

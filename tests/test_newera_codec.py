@@ -420,3 +420,13 @@ def test_numbers_are_exact_or_refused(value: Decimal) -> None:
     except QuantityError:
         return
     assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["1" * 40 + "MH", "9" * 9 + "MH", "123456789.0UH"])
+def test_absurd_readings_are_protocol_errors_not_crashes(text: str) -> None:
+    # Found in review: a 40-digit rate raised QuantityError (inexact mL/h conversion) out of the
+    # driver and stopped the gateway. It is a broken wire: a ProtocolError, like any bad reply.
+    with pytest.raises(ProtocolError, match="more than 8 digits"):
+        parse_amount(text, RATE_UNITS)
+    with pytest.raises(ProtocolError, match="more than 8 digits"):
+        parse_dispensed(f"I{'1' * 40}W0.000ML")

@@ -182,3 +182,14 @@ def test_link_lost_carries_the_facts() -> None:
     assert err.pump == "p1"
     assert "3 consecutive failures" in str(err)
     assert "no answer within 1 s" in str(err)
+
+
+async def test_an_unexpected_driver_error_is_a_failed_poll_not_a_dead_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One pump's driver bug (any exception outside our hierarchy) must not stop the other pumps.
+    script: list[object] = [status("1"), RuntimeError("bug in a driver"), status("2")]
+    _, listener, _, poller = await run_script(script, caplog)
+    assert ("status", "2") in listener.seen
+    assert poller.polls == 2
+    assert sum("driver raised an unexpected error" in r.message for r in caplog.records) == 1

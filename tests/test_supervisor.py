@@ -132,3 +132,61 @@ def test_duplicate_part_names_are_refused() -> None:
     rec = Recorder()
     with pytest.raises(ValueError, match="unique"):
         Supervisor([GoodPart("a", rec), GoodPart("a", rec)])
+
+
+class Stubborn:
+    """Swallows the first ``n`` cancellations, as Python 3.11's wait_for can inside libraries."""
+
+    def __init__(self, n: int) -> None:
+        self.name = f"stubborn-{n}"
+        self.n = n
+        self.stopped = asyncio.Event()
+        self.running = asyncio.Event()
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        self.running.set()
+        swallowed = 0
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > self.n:
+                    self.stopped.set()
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+
+async def test_a_part_that_loses_a_cancellation_is_cancelled_again(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    stubborn = Stubborn(1)
+    stop = asyncio.Event()
+    sup = Supervisor([GoodPart("a", rec), stubborn], stop_grace_s=0.05)
+    task = asyncio.create_task(sup.run(stop))
+    await stubborn.running.wait()
+    stop.set()
+    await task
+    assert stubborn.stopped.is_set()
+    assert rec.log[-1] == "stop a"  # the event log (first part) still closes
+    assert any("cancelling it again" in r.message for r in caplog.records)
+
+
+async def test_a_part_that_never_stops_is_left_behind_not_waited_for_forever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder()
+    stubborn = Stubborn(3)  # survives all three attempts
+    stop = asyncio.Event()
+    sup = Supervisor([GoodPart("a", rec), stubborn], stop_grace_s=0.02)
+    task = asyncio.create_task(sup.run(stop))
+    await stubborn.running.wait()
+    stop.set()
+    await task
+    assert rec.log[-1] == "stop a"
+    assert any("leaving it behind" in r.message for r in caplog.records)
+    # Tidy up: the fourth cancellation ends it.
+    leftover = [t for t in asyncio.all_tasks() if t.get_name() == "stubborn-3"]
+    for t in leftover:
+        t.cancel()
+    await asyncio.wait(leftover)
