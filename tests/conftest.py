@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from pumpgw.gateway.clock import FakeClock
+from pumpgw.gateway.eventlog import EventLog
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
@@ -33,3 +39,16 @@ def require_mosquitto() -> str:
     if path is None:
         pytest.skip("mosquitto is not installed (scripts/bootstrap installs it)")
     return path
+
+
+@pytest.fixture
+async def eventlog(tmp_path: Path) -> AsyncIterator[EventLog]:
+    """An open event log (gateway id ``gw-test``) with its group-commit writer running."""
+    log = EventLog(tmp_path / "events.sqlite3", "gw-test", FakeClock())
+    ready = asyncio.Event()
+    writer = asyncio.create_task(log.run(ready))
+    await ready.wait()
+    yield log
+    writer.cancel()
+    await asyncio.wait({writer})
+    await log.close()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,18 +18,6 @@ from pumpgw.gateway.logs import setup_logging
 from pumpgw.gateway.monitor import STATUS_REFRESH_S, BedsideMonitor
 from pumpgw.gateway.quantity import Quantity
 from pumpgw.gateway.view import render
-
-
-@pytest.fixture
-async def eventlog(tmp_path: Path) -> AsyncIterator[EventLog]:
-    log = EventLog(tmp_path / "e.sqlite3", "gw", FakeClock())
-    ready = asyncio.Event()
-    writer = asyncio.create_task(log.run(ready))
-    await ready.wait()
-    yield log
-    writer.cancel()
-    await asyncio.wait({writer})
-    await log.close()
 
 
 def ch(state: ChannelState, alarms: tuple[str, ...] = (), ml: str = "1.5") -> ChannelStatus:

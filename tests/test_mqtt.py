@@ -37,18 +37,6 @@ async def broker(tmp_path: Path, require_mosquitto: str) -> AsyncIterator[Mosqui
         yield b
 
 
-@pytest.fixture
-async def eventlog(tmp_path: Path) -> AsyncIterator[EventLog]:
-    log = EventLog(tmp_path / "events.sqlite3", "gw-test", FakeClock())
-    ready = asyncio.Event()
-    writer = asyncio.create_task(log.run(ready))
-    await ready.wait()
-    yield log
-    writer.cancel()
-    await asyncio.wait({writer})
-    await log.close()
-
-
 def publisher(broker: MosquittoBroker, log: EventLog) -> MqttPublisher:
     cfg = MqttSection(enabled=True, host=broker.host, port=broker.port, keepalive_s=5)
     return MqttPublisher(cfg, "gw-test", log, FakeClock(), backoff=fast())
