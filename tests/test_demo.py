@@ -187,3 +187,30 @@ def test_demo_log_format_json(tmp_path: Path) -> None:
     polled = [r for r in records if r["message"] == "first poll of pump complete"]
     assert {r["pump"] for r in polled} == {"rig-modbus-1", "rig-newera-1"}
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+
+
+def test_a_dying_part_is_reported_not_hung_on(tmp_path: Path) -> None:
+    """Kill the rig under a running demo: the demo names the failed part and exits 1, tidily."""
+    marker = uuid.uuid4().hex
+    state = tmp_path / "state"
+    with subprocess.Popen(
+        [PUMPGW, "demo", "--state-dir", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "all pumps polled" in line:
+                break
+        (rig,) = [p for p in processes_with_marker(marker) if "pumpgw.gateway.cli rig" in p]
+        os.kill(int(rig.split(":")[0]), signal.SIGKILL)
+        rest = proc.stderr.read()
+        assert proc.wait(60) == 1, rest
+    assert "pumpgw: rig failed: EnvironmentProblem: the bench rig exited with code -9" in rest
+    assert "Traceback" not in rest
+    assert processes_with_marker(marker) == []
+    events = EventStore(state / "events.sqlite3", "check", FakeClock())
+    try:
+        assert events.verify() > 0
+        assert events.read_after(events.last_seq - 1)[0].type == "gateway.stopped"
+    finally:
+        events.close()
