@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pumpgw.gateway.broker import find_mosquitto, free_port, write_mosquitto_conf
 
 BIN = Path(sys.executable).parent
 PUMPGW = str(BIN / "pumpgw")
@@ -77,24 +79,19 @@ def start_rig(workdir: Path) -> tuple[subprocess.Popen[str], list[dict[str, obje
 
 
 def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, int]:
-    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    """mosquitto on a free loopback port, configured as the demo's is; (None, 0) if not installed."""
+    binary = find_mosquitto()
     if binary is None:
         return None, 0
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = workdir / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
+    port = free_port()
+    conf = write_mosquitto_conf(workdir, "127.0.0.1", port)
     broker = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.1).close()
             break
         except OSError:
-            time.sleep(0.02)
+            time.sleep(0.02)  # start-up poll: mosquitto has no readiness signal
     return broker, port
 
 

@@ -37,6 +37,21 @@ def die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def write_mosquitto_conf(workdir: Path, host: str, port: int, *, persistence: bool = False) -> Path:
+    """Write ``workdir/mosquitto.conf`` for a throw-away loopback broker; return its path."""
+    stored = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
+    # Started as root, mosquitto drops to the user "mosquitto", which cannot reach a private
+    # work directory (pytest's and the demo's are 0700): this throw-away loopback broker stays
+    # the user that started it.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} {host}\nallow_anonymous true\n{stored}{user}"
+        "log_dest stderr\nlog_type error\nlog_type warning\n"
+    )
+    return conf
+
+
 async def stop_child(proc: asyncio.subprocess.Process, what: str, grace_s: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s``; never waits forever. Idempotent."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -96,20 +111,7 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port(self.host)
-        conf = self.workdir / "mosquitto.conf"
-        persistence = (
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            if self._persistence
-            else "persistence false\n"
-        )
-        # Started as root, mosquitto drops to the user "mosquitto", which cannot reach a private
-        # work directory (pytest's and the demo's are 0700): this throw-away loopback broker
-        # stays the user that started it.
-        user = "user root\n" if os.geteuid() == 0 else ""
-        conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}{user}"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
-        )
+        conf = write_mosquitto_conf(self.workdir, self.host, self.port, persistence=self._persistence)
         # stderr to a file, not a pipe: a pipe nobody reads would block the broker once full.
         logfile = self.workdir / "mosquitto.log"
         with logfile.open("ab") as err:

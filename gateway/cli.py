@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -47,18 +48,19 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], duration
 
     try:
         asyncio.run(runner())
-    except ConfigError as exc:
+    except PumpGwError as exc:
+        _fail(exc)
+
+
+def _fail(exc: PumpGwError) -> NoReturn:
+    """Say what went wrong in one line and exit: 2 for a configuration problem, 1 otherwise."""
+    if isinstance(exc, PartFailed) and isinstance(exc.cause, ConfigError):
+        exc = exc.cause  # the part could not start because of its configuration
+    if isinstance(exc, ConfigError):
         click.echo(f"pumpgw: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    except PartFailed as exc:
-        if isinstance(exc.cause, ConfigError):
-            click.echo(f"pumpgw: configuration error: {exc.cause}", err=True)
-            sys.exit(EXIT_CONFIG)
-        click.echo(f"pumpgw: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    except PumpGwError as exc:
-        click.echo(f"pumpgw: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    click.echo(f"pumpgw: {exc}", err=True)
+    sys.exit(EXIT_FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,8 +151,7 @@ def run(ctx: click.Context, config_path: Path) -> None:
         config = load_config(config_path)
         check_files(config, str(config_path))
     except ConfigError as exc:
-        click.echo(f"pumpgw: configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fail(exc)
     setup_logging(ctx.obj["log_level"] or config.log.level, ctx.obj["log_format"] or config.log.format)
     log.info("gateway starting", extra={"config": str(config_path), "pumps": len(config.pumps)})
 
@@ -207,8 +208,7 @@ def config_check(path: Path) -> None:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        click.echo(f"pumpgw: configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fail(exc)
     click.echo(
         f"{path}: valid; gateway {cfg.gateway.id}, {len(cfg.pumps)} pump(s), "
         f"MQTT {'on' if cfg.mqtt.enabled else 'off'}, state in {cfg.gateway.state_dir}"
@@ -239,8 +239,7 @@ def events_verify(state_dir: Path | None) -> None:
     try:
         result = verify_file(path)
     except PumpGwError as exc:
-        click.echo(f"pumpgw: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        _fail(exc)
     click.echo(
         f"{path}: {result.count} events, hash chain intact; last event seq {result.last_seq}, "
         f"hash {result.last_hash}\n(deleting the newest events leaves a valid chain: compare the last "

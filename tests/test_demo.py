@@ -4,6 +4,7 @@ ports; both pumps polled, events committed and delivered, nothing left running a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,33 @@ def processes_with_marker(marker: str) -> list[str]:
 
 def demo_env(marker: str) -> dict[str, str]:
     return {**os.environ, "PUMPGW_TEST_MARKER": marker}
+
+
+@contextlib.contextmanager
+def running_demo(state: Path, marker: str) -> Iterator[subprocess.Popen[str]]:
+    """``pumpgw demo`` (no duration) started and past its first poll of every pump.
+
+    Fails the test if the demo ends before it says "all pumps polled" (pytest-timeout bounds the
+    wait). The caller stops it; leaving the block kills it if the caller did not.
+    """
+    with subprocess.Popen(
+        [PUMPGW, "demo", "--state-dir", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "all pumps polled" in line:
+                break
+        else:
+            pytest.fail("the demo ended before polling every pump:\n" + "".join(seen))
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
 
 def check_state(state: Path) -> list[dict[str, object]]:
@@ -104,18 +133,8 @@ def test_demo_with_duration_runs_polls_logs_and_leaves_nothing(tmp_path: Path) -
 def test_ctrl_c_stops_everything_in_order(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     state = tmp_path / "state"
-    with subprocess.Popen(
-        [PUMPGW, "demo", "--state-dir", str(state)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
-    ) as proc:  # fmt: skip
+    with running_demo(state, marker) as proc:
         assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "all pumps polled" in line or time.monotonic() > deadline:
-                break
-        assert any("all pumps polled" in line for line in lines), "".join(lines)
         # The rig and the broker run while the demo does.
         assert len(processes_with_marker(marker)) >= 3, processes_with_marker(marker)
         proc.send_signal(signal.SIGINT)
@@ -129,14 +148,7 @@ def test_ctrl_c_stops_everything_in_order(tmp_path: Path) -> None:
 def test_killed_demo_takes_its_children_with_it(tmp_path: Path) -> None:
     """SIGKILL gives no chance to clean up: the kernel ends the children (PR_SET_PDEATHSIG)."""
     marker = uuid.uuid4().hex
-    with subprocess.Popen(
-        [PUMPGW, "demo", "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
-    ) as proc:  # fmt: skip
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "all pumps polled" in line:
-                break
+    with running_demo(tmp_path / "state", marker) as proc:
         proc.kill()
         proc.wait(30)
     for _ in range(100):
@@ -193,14 +205,8 @@ def test_a_dying_part_is_reported_not_hung_on(tmp_path: Path) -> None:
     """Kill the rig under a running demo: the demo names the failed part and exits 1, tidily."""
     marker = uuid.uuid4().hex
     state = tmp_path / "state"
-    with subprocess.Popen(
-        [PUMPGW, "demo", "--state-dir", str(state)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=demo_env(marker),
-    ) as proc:  # fmt: skip
+    with running_demo(state, marker) as proc:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            if "all pumps polled" in line:
-                break
         (rig,) = [p for p in processes_with_marker(marker) if "pumpgw.gateway.cli rig" in p]
         os.kill(int(rig.split(":")[0]), signal.SIGKILL)
         rest = proc.stderr.read()

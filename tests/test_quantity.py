@@ -64,9 +64,17 @@ def test_conversion_across_dimensions_is_refused() -> None:
         Quantity.of("5", "mg/h").to("mL/h")
 
 
-def test_every_unit_has_a_dimension() -> None:
-    for unit in known_units():
-        assert dimension_of(unit)
+def test_every_unit_the_drivers_report_is_known() -> None:
+    # The drivers build Quantities from their own unit tables; a code missing from the gateway's
+    # UCUM table (or misspelt there, "ml/h") would only fail when a pump first reported it.
+    from pumpgw.drivers.modbus_map import load_builtin_map
+    from pumpgw.drivers.newera_codec import RATE_UNITS, VOLUME_UNITS
+
+    used = set(RATE_UNITS.values()) | set(VOLUME_UNITS.values())
+    used |= set(load_builtin_map("rig-multichannel-v1").enum("concentration_unit").names.values())
+    used.discard("")
+    assert used <= known_units(), used - known_units()
+    assert {dimension_of(u) for u in RATE_UNITS.values()} == {"volume/time"}
 
 
 units = st.sampled_from(sorted(known_units()))
