@@ -60,7 +60,8 @@ class MqttPublisher:
         self._pump_status: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self.connected = False
-        self.delivered_seq = 0
+        self.delivered_seq = 0  # acknowledged by the broker
+        self._marked_seq = 0  # recorded in the outbox
         events.subscribe(self._wake)
 
     # -- topics ---------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class MqttPublisher:
         backoff = self._backoff
         failing = False
         self.delivered_seq = await self._events.delivered_seq(DESTINATION)
+        self._marked_seq = self.delivered_seq
         while True:
             try:
                 async with self._client() as client:
@@ -196,6 +198,11 @@ class MqttPublisher:
                 self.pump_topic(pump), json.dumps(self._pump_status[pump]).encode(), qos=1, retain=True
             )
         while True:
+            # Record first what earlier acknowledgements left unrecorded (a stop can land between a
+            # PUBACK and the write below), so the outbox never lags behind what the broker has.
+            if self._marked_seq < self.delivered_seq:
+                await self._events.mark_delivered(DESTINATION, self.delivered_seq)
+                self._marked_seq = self.delivered_seq
             batch = await self._events.read_after(self.delivered_seq, limit=100)
             if not batch:
                 return
@@ -204,4 +211,3 @@ class MqttPublisher:
                 await client.publish(self.events_topic, json.dumps(event.as_dict()).encode(), qos=1)
                 log.debug("event published", extra={"seq": event.seq})
                 self.delivered_seq = event.seq
-            await self._events.mark_delivered(DESTINATION, self.delivered_seq)
