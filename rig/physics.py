@@ -6,17 +6,40 @@ passed to :meth:`InfusionChannel.advance`; nothing here reads a clock or does I/
 channel runs in real time in the demo and in microseconds in tests.
 
 Volumes are ``Decimal`` mL quantized to 0.001 mL (1 uL), the resolution the emulated pumps report.
+
+Alarms a real channel raises by itself or that the rig injects (:meth:`InfusionChannel.raise_alarm`):
+the names are the rig's common vocabulary (the Modbus map's alarm bits use the same names). Those
+in :data:`STOPPING_ALARMS` halt delivery at once (state ``alarm``); the others are advisories. A
+container of known volume (``container_ml``) runs empty: delivery stops at the last microlitre
+with ``container-empty``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
 
 from pumpgw.drivers.base import ChannelState
 
 _UL = Decimal("0.001")
 _SECONDS_PER_HOUR = Decimal(3600)
+
+#: Alarms that stop delivery (a pump never infuses through an occlusion or air in the line).
+STOPPING_ALARMS: Final = frozenset(
+    {
+        "occlusion-downstream",
+        "occlusion-upstream",
+        "air-in-line",
+        "door-open",
+        "container-empty",
+        "battery-depleted",
+        "motor-stall",
+        "system-error",
+    }
+)
+#: Alarms that only advise; delivery goes on.
+ADVISORY_ALARMS: Final = frozenset({"battery-low", "near-empty", "comm-loss", "vtbi-complete"})
 
 
 @dataclass
@@ -34,6 +57,7 @@ class InfusionChannel:
     kvo_at_end: bool = True
     state: ChannelState = ChannelState.IDLE
     alarms: set[str] = field(default_factory=set)
+    container_ml: Decimal | None = None  # what is left in the syringe or bag; None: not known
     _last: float | None = None
     _delivered_towards_vtbi: Decimal = Decimal(0)
     _infused_exact: Decimal = Decimal(0)  # unrounded sum behind infused_ml (see _add)
@@ -46,10 +70,23 @@ class InfusionChannel:
             return
         elapsed = Decimal(repr(now - self._last))
         self._last = now
+        rate = self.current_rate_ml_h
+        empty_after: Decimal | None = None
+        if self.container_ml is not None and rate > 0:
+            # Time until the container runs dry at this rate (a VTBI end within it only slows
+            # delivery to KVO, which the container check below catches on the next advance).
+            empty_after = self.container_ml * _SECONDS_PER_HOUR / rate
+        if empty_after is not None and elapsed >= empty_after:
+            elapsed = empty_after
+        before = self._infused_exact
         if self.state is ChannelState.INFUSING:
             self._deliver_infusing(elapsed)
         elif self.state is ChannelState.KVO:
             self._add(self.kvo_rate_ml_h * elapsed / _SECONDS_PER_HOUR)
+        if self.container_ml is not None:
+            self.container_ml = max(Decimal(0), self.container_ml - (self._infused_exact - before))
+            if self.container_ml <= 0 and self.state in (ChannelState.INFUSING, ChannelState.KVO):
+                self.raise_alarm("container-empty")
 
     def _deliver_infusing(self, elapsed: Decimal) -> None:
         volume = self.rate_ml_h * elapsed / _SECONDS_PER_HOUR
@@ -104,9 +141,33 @@ class InfusionChannel:
     def start(self) -> None:
         if self.rate_ml_h <= 0:
             raise ValueError("cannot start with a rate of 0 mL/h")
+        stopping = sorted(self.alarms & STOPPING_ALARMS)
+        if stopping:
+            raise ValueError(f"cannot start while alarming: {', '.join(stopping)}")
         self.state = ChannelState.INFUSING
 
+    def raise_alarm(self, name: str) -> None:
+        """Raise ``name`` (advance to the alarm's time first). A stopping alarm halts delivery."""
+        if name not in STOPPING_ALARMS | ADVISORY_ALARMS:
+            raise ValueError(f"unknown alarm {name!r}: one of {sorted(STOPPING_ALARMS | ADVISORY_ALARMS)}")
+        self.alarms.add(name)
+        if name in STOPPING_ALARMS and self.state in (
+            ChannelState.INFUSING,
+            ChannelState.KVO,
+            ChannelState.BOLUS,
+        ):
+            self.state = ChannelState.ALARM
+
+    def clear_alarms(self) -> None:
+        """The nurse dealt with the cause and silenced the pump: alarms go; a halted channel waits
+        paused for a new start (a pump never restarts by itself)."""
+        self.alarms.clear()
+        if self.state is ChannelState.ALARM:
+            self.state = ChannelState.PAUSED
+
     def stop(self) -> None:
+        if self.state is ChannelState.ALARM:
+            return  # already not delivering; the alarm stays until cleared
         self.state = ChannelState.PAUSED if self.state is ChannelState.INFUSING else ChannelState.IDLE
 
     @property

@@ -19,6 +19,10 @@ PTY facts this relies on (Linux; checked by ``tests/test_pty_link.py``):
 * Should ``EIO`` happen anyway (``hold_slave_open=False``), the reader is removed and re-armed
   :data:`REARM_DELAY_S` later, so the loop never spins; :attr:`PtyDeviceServer.hangups` counts
   these.
+
+Between the PTY and the device sits a :class:`~pumpgw.rig.faults.LinkConditioner`
+(:attr:`PtyDeviceServer.conditioner`): faults set on it at run time, the line's baud rate
+(``baudrate``: replies leave when a real line would have carried request and reply) and recorders.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ import errno
 import logging
 import os
 import tty
+from collections import deque
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Final, Self
 
 from pumpgw.gateway.clock import Clock
+
+from .faults import ByteDevice, Hangup, LinkConditioner
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,17 +48,31 @@ REARM_DELAY_S: Final = 0.02
 _READ_SIZE: Final = 4096
 
 
-class ByteDevice(Protocol):
-    """A sans-I/O device: bytes in at a monotonic time, reply bytes out."""
-
-    def receive(self, data: bytes, now: float) -> bytes: ...
-
-
 class PtyDeviceServer:
-    """Serves ``device`` on the master side of a fresh PTY pair. Use ``async with`` or start/stop."""
+    """Serves ``device`` on the master side of a fresh PTY pair. Use ``async with`` or start/stop.
 
-    def __init__(self, device: ByteDevice, clock: Clock, *, hold_slave_open: bool = True) -> None:
+    ``baudrate``: pace the line as a real one at that speed (None: as fast as the PTY goes);
+    ``checksum_at``: where the last checksum byte of a reply sits, counted from its end, for the
+    ``corrupt-checksum`` fault (0: this protocol has no checksum).
+    """
+
+    def __init__(
+        self,
+        device: ByteDevice,
+        clock: Clock,
+        *,
+        hold_slave_open: bool = True,
+        baudrate: int | None = None,
+        bits_per_char: int = 10,
+        checksum_at: int = 2,
+    ) -> None:
         self.device = device
+        self.conditioner = LinkConditioner(
+            device,
+            checksum_at=checksum_at,
+            baudrate=baudrate,
+            bits_per_char=bits_per_char,
+        )
         self._clock = clock
         self._hold_slave_open = hold_slave_open
         self._master: int | None = None
@@ -61,6 +82,8 @@ class PtyDeviceServer:
         self._outgoing = bytearray()
         self._writing = False
         self._rearm: asyncio.TimerHandle | None = None
+        # Paced or delayed replies not yet written, in the order they leave (their times only grow).
+        self._later: deque[asyncio.TimerHandle] = deque()
         self._hung_up = asyncio.Event()
         self.hangups = 0  # times the master saw EIO: nobody had the slave open
         self.bytes_received = 0
@@ -110,6 +133,9 @@ class PtyDeviceServer:
         if self._rearm is not None:
             self._rearm.cancel()
             self._rearm = None
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
         if master is not None and loop is not None:
             loop.remove_reader(master)
             if self._writing:
@@ -158,14 +184,23 @@ class PtyDeviceServer:
         if not data:
             return
         self.bytes_received += len(data)
-        reply = self.device.receive(data, self._clock.monotonic())
-        if reply:
-            self._send(reply)
+        for action in self.conditioner.incoming(data, self._clock.monotonic()):
+            if isinstance(action, Hangup):
+                continue  # a dead serial line: what the host sent is lost, nothing comes back
+            if action.delay_s <= 0 and not self._later:
+                self._send(action.data)
+            else:
+                self._later.append(loop.call_later(action.delay_s, self._send_later, action.data))
 
     def _rearm_reader(self) -> None:
         self._rearm = None
         if self._master is not None and self._loop is not None:
             self._loop.add_reader(self._master, self._on_readable)
+
+    def _send_later(self, data: bytes) -> None:
+        if self._later:
+            self._later.popleft()  # this one: handles fire in the order they were scheduled
+        self._send(data)
 
     def _send(self, data: bytes) -> None:
         self._outgoing += data
