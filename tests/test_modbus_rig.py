@@ -21,6 +21,7 @@ from pumpgw.drivers.modbus import ModbusTcpDriver
 from pumpgw.drivers.modbus_map import FieldValue, RegisterMap, decode, encode, load_builtin_map, parse_map
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import (
+    ConfigError,
     DeviceError,
     DriverError,
     EnvironmentProblem,
@@ -444,6 +445,12 @@ def command(m: RegisterMap, channel: int, **values: FieldValue) -> tuple[int, li
     return start, registers
 
 
+def request_remote(pump: EmulatedModbusPump) -> None:
+    """Ask for remote control as the driver does (§6.1 HR 3 = 1): commands other than stop need it."""
+    field = pump.map.field("system.remote_request")
+    assert pump.write_holding(pump.map.address(field), [1], 0.0) is None
+
+
 def test_emulator_answers_only_inside_its_blocks(pump: EmulatedModbusPump) -> None:
     assert pump.read_input(1057, 1, 0.0) is ExceptionCode.ILLEGAL_ADDRESS  # after B+56
     assert pump.read_input(1050, 10, 0.0) is ExceptionCode.ILLEGAL_ADDRESS  # runs off the block
@@ -457,6 +464,7 @@ def test_emulator_answers_only_inside_its_blocks(pump: EmulatedModbusPump) -> No
 
 def test_emulator_executes_each_sequence_once(pump: EmulatedModbusPump, register_map: RegisterMap) -> None:
     m, codes = register_map, register_map.enum("command").codes
+    request_remote(pump)
     program = command(
         m,
         1,
@@ -484,8 +492,41 @@ def test_emulator_executes_each_sequence_once(pump: EmulatedModbusPump, register
 
 def test_emulator_refuses_a_rate_that_is_not_set(pump: EmulatedModbusPump, register_map: RegisterMap) -> None:
     codes = register_map.enum("command").codes
+    request_remote(pump)
     write = command(
         register_map, 1, rate_setpoint=None, sequence=1, command=codes["apply-program"], token=0x5555
     )
     assert pump.write_holding(*write, 0.0) is None
     assert reported(pump, "last_result") == register_map.enum("result").codes["rejected-range"]
+
+
+def make_pump(register_map: RegisterMap) -> EmulatedModbusPump:
+    return EmulatedModbusPump(
+        register_map,
+        manufacturer="pumpgw rig",
+        model="RIG-MC2",
+        serial="RIG-0001",
+        firmware="1.0.0",
+        library_version=42,
+        library_name="ICU adult",
+        channels=2,
+    )
+
+
+def test_emulator_needs_the_comm_loss_alarm_and_both_policies() -> None:
+    renamed = MAP_TEXT.replace('8 = "comm-loss"', '8 = "comm-lost"').replace("comm-loss =", "comm-lost =")
+    with pytest.raises(ConfigError) as caught:
+        make_pump(parse_map(renamed, "renamed alarm"))
+    assert caught.value.key == "bits.alarm"
+    with pytest.raises(ConfigError) as caught:
+        make_pump(edited_map("enums.comm_loss_policy", '1 = "stop-and-alarm"', '1 = "stop"'))
+    assert caught.value.key == "system.comm_loss_policy.enum"
+
+
+async def test_a_new_library_version_shows_at_once(driver: ModbusTcpDriver, pump: EmulatedModbusPump) -> None:
+    assert (await driver.identify()).library_version == "42"
+    pump.library_version = 43
+    assert (await driver.identify()).library_version == "43"
+    with pytest.raises(QuantityError):
+        pump.library_version = 2**32  # UINT32 (IR 40-41) cannot hold it
+    assert pump.library_version == 43
