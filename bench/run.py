@@ -71,7 +71,11 @@ def baseline() -> Run:
 
 def start_rig(workdir: Path) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
     rig = subprocess.Popen(
-        [PUMPGW, "rig"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=workdir
+        [PUMPGW, "rig", "up", "--json", "--dir", str(workdir / "rig")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=workdir,
     )
     assert rig.stdout is not None
     pumps: list[dict[str, object]] = json.loads(rig.stdout.readline())["pumps"]

@@ -10,11 +10,19 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pumpgw.drivers.base import PumpDriver
 
 from .clock import Clock
-from .config import GatewayConfig, ModbusTcpPumpConfig, NewEraPumpConfig, PumpConfig
+from .config import (
+    AlarisPumpConfig,
+    GatewayConfig,
+    ModbusRtuPumpConfig,
+    ModbusTcpPumpConfig,
+    NewEraPumpConfig,
+    PumpConfig,
+)
 from .errors import ConfigError, PumpGwError
 from .eventlog import EventLog
 from .events import EventType
@@ -22,6 +30,9 @@ from .monitor import BedsideMonitor
 from .mqtt import MqttPublisher
 from .poller import PumpPoller
 from .supervisor import Part, Supervisor
+
+if TYPE_CHECKING:
+    from pumpgw.drivers.modbus_map import RegisterMap
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +43,32 @@ def make_driver(pump: PumpConfig) -> PumpDriver:
     """The driver for one configured pump. Raises ConfigError for a register map that is wrong."""
     if isinstance(pump, ModbusTcpPumpConfig):
         from pumpgw.drivers.modbus import ModbusTcpDriver
-        from pumpgw.drivers.modbus_map import load_builtin_map, load_map
 
-        if "/" in pump.register_map or pump.register_map.endswith(".toml"):
-            register_map = load_map(Path(pump.register_map))
-        else:
-            register_map = load_builtin_map(pump.register_map)
         return ModbusTcpDriver(
             pump.id,
             pump.host,
             pump.port,
             unit_id=pump.unit_id,
-            register_map=register_map,
+            register_map=_register_map(pump.register_map),
             timeout_s=pump.timeout_s,
         )
+    if isinstance(pump, ModbusRtuPumpConfig):
+        from pumpgw.drivers.modbus import ModbusRtuDriver
+
+        return ModbusRtuDriver(
+            pump.id,
+            pump.port,
+            baudrate=pump.baudrate,
+            parity=pump.parity,
+            stopbits=pump.stopbits,
+            unit_id=pump.unit_id,
+            register_map=_register_map(pump.register_map),
+            timeout_s=pump.timeout_s,
+        )
+    if isinstance(pump, AlarisPumpConfig):
+        from pumpgw.drivers.alaris import AlarisDriver
+
+        return AlarisDriver(pump.id, pump.port, baudrate=pump.baudrate, timeout_s=pump.timeout_s)
     if isinstance(pump, NewEraPumpConfig):
         from pumpgw.drivers.newera import NewEraDriver
 
@@ -58,6 +81,15 @@ def make_driver(pump: PumpConfig) -> PumpDriver:
             safe_mode_timeout_s=pump.safe_mode_timeout_s,
         )
     raise ConfigError("config", "pumps[].driver", type(pump).__name__, "a known driver")
+
+
+def _register_map(name: str) -> RegisterMap:
+    """A built-in map by name, or a map file by path. Raises ConfigError for a bad map."""
+    from pumpgw.drivers.modbus_map import load_builtin_map, load_map
+
+    if "/" in name or name.endswith(".toml"):
+        return load_map(Path(name))
+    return load_builtin_map(name)
 
 
 class EventLogPart:

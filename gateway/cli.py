@@ -8,7 +8,6 @@ value and what was expected).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import click
 from .clock import SystemClock
 from .errors import ConfigError, PartFailed, PumpGwError
 from .logs import setup_logging
+from .rig_cli import rig
 
 log = logging.getLogger("pumpgw")
 
@@ -162,36 +162,7 @@ def run(ctx: click.Context, config_path: Path) -> None:
     log.info("gateway stopped")
 
 
-@main.command()
-@click.option(
-    "--modbus-pumps",
-    type=click.IntRange(0, 16),
-    default=1,
-    show_default=True,
-    help="Two-channel pumps, each on its own Modbus TCP port on 127.0.0.1.",
-)
-@click.option(
-    "--newera-pumps",
-    type=click.IntRange(0, 16),
-    default=1,
-    show_default=True,
-    help="New Era syringe pumps, each on its own pseudo-terminal pair.",
-)
-def rig(modbus_pumps: int, newera_pumps: int) -> None:
-    """Run the bench rig alone: emulated pumps until Ctrl-C.
-
-    Prints one JSON line on stdout with the pumps' endpoints, in the shape of the configuration
-    file's [[pumps]] entries, once every pump is listening.
-    """
-    from pumpgw.rig.bench_rig import BenchRig
-
-    async def main_(stop: asyncio.Event) -> None:
-        async with BenchRig(SystemClock(), modbus_pumps=modbus_pumps, newera_pumps=newera_pumps) as bench:
-            click.echo(json.dumps({"pumps": bench.endpoints()}))
-            sys.stdout.flush()
-            await stop.wait()
-
-    _run_until_signal(main_, None)
+main.add_command(rig)
 
 
 @main.group()

@@ -74,11 +74,29 @@ class ModbusTcpPumpConfig(_PumpBase):
     register_map: str = "rig-multichannel-v1"  # a built-in map name, or a path to a TOML file
 
 
+class ModbusRtuPumpConfig(_PumpBase):
+    driver: Literal["modbus-rtu"]
+    port: str  # serial device, e.g. /dev/ttyUSB0 (or a pyserial URL); pumps on one line share it
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 19200
+    # Modbus over Serial Line v1.02 §2.5.1: even parity is the default; no parity wants 2 stop bits.
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    unit_id: Annotated[int, Field(ge=1, le=247)] = 1
+    register_map: str = "rig-multichannel-v1"  # a built-in map name, or a path to a TOML file
+
+
+class AlarisPumpConfig(_PumpBase):
+    driver: Literal["alaris"]
+    port: str  # serial device, e.g. /dev/ttyUSB0 (or a pyserial URL)
+    # 38400 8N1 per the public drivers (shared/reference/pump-protocols.md §3).
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 38400
+
+
 class NewEraPumpConfig(_PumpBase):
     driver: Literal["newera"]
     port: str  # serial device, e.g. /dev/ttyUSB0 (or a pyserial URL)
     # Baud rates the NE-4000 supports (shared/reference/pump-protocols.md §2.1).
-    baudrate: Literal[300, 1200, 2400, 9600, 19200] = 19200
+    baudrate: Literal[300, 1200, 2400, 9600, 19200, 38400, 57600, 115200] = 19200
     address: Annotated[int, Field(ge=0, le=99)] = 0
     safe_mode_timeout_s: Annotated[int, Field(ge=1, le=255)] = 10
 
@@ -97,7 +115,10 @@ class NewEraPumpConfig(_PumpBase):
         return self
 
 
-PumpConfig = Annotated[ModbusTcpPumpConfig | NewEraPumpConfig, Field(discriminator="driver")]
+PumpConfig = Annotated[
+    ModbusTcpPumpConfig | ModbusRtuPumpConfig | NewEraPumpConfig | AlarisPumpConfig,
+    Field(discriminator="driver"),
+]
 
 
 class GatewayConfig(_Section):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class RigProcess:
-    """The bench rig (``pumpgw rig``) as a child process; ``start`` returns its pump endpoints."""
+    """The bench rig (``pumpgw rig up``) as a child process; ``start`` returns its pump endpoints."""
 
     name = "rig"
 
@@ -41,7 +41,7 @@ class RigProcess:
         # The rig's log goes to a file: on a terminal it would tear the live table.
         with self._logfile.open("ab") as err:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pumpgw.gateway.cli", "rig", *self._args,
+                sys.executable, "-m", "pumpgw.gateway.cli", "rig", "up", "--json", *self._args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rig in order
                 preexec_fn=die_with_parent,
@@ -110,7 +110,7 @@ async def run_demo(
     """Run the demo until ``stop`` is set. Raises PartFailed or EnvironmentProblem on failure."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        rig = RigProcess(rig_args or [], state_dir / "rig.log")
+        rig = RigProcess(["--dir", str(state_dir / "rig"), *(rig_args or [])], state_dir / "rig.log")
         stack.push_async_callback(rig.stop)
         endpoints = await rig.start()
         extra: list[Any] = [rig]

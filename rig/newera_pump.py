@@ -79,6 +79,9 @@ _RATE_ARGUMENT = re.compile(r"(\d+\.?\d*|\.\d+)(UM|MM|UH|MH)?", re.ASCII)
 _NOISE: Final = b"\x00\xff\x7f~noise~"  # no STX in it: a host must skip it silently
 _BROKEN: Final = b"\x0201"  # an STX, then what no frame can hold before the next STX
 
+#: Injected alarms this pump reports, all as a motor stall.
+_STALL_ALARMS: Final = frozenset({"motor-stall", "occlusion-downstream", "occlusion-upstream"})
+
 _Result = tuple[CommandError | None, str]
 _OK: Final[_Result] = (None, "")
 
@@ -198,6 +201,19 @@ class EmulatedNewEraPump:
             error, _ = self._handlers[command](argument)
             if error is not None:
                 raise ValueError(f"keypad {command} {argument}: {error.meaning}")
+
+    def raise_alarm(self, name: str, now: float) -> None:
+        """A fault the rig injects. A New Era pump has one alarm for a blocked line: the motor
+        stalls (``A?S``, NE-M §10.2); occlusions and a stall all raise it, and it stops the program.
+        Raises ValueError for an alarm this pump cannot report."""
+        if name not in _STALL_ALARMS:
+            raise ValueError(
+                f"a New Era pump cannot report {name!r}: it reports a blocked line as a motor stall "
+                f"({', '.join(sorted(_STALL_ALARMS))})"
+            )
+        self.poll(now)
+        self._stop_program()
+        self._alarm = Alarm.MOTOR_STALLED
 
     # -- time and bytes -------------------------------------------------------------------------
     def poll(self, now: float) -> None:

@@ -1,0 +1,153 @@
+"""The running rig's control socket: set faults, record links, list pumps, from another process.
+
+``pumpgw rig up`` listens on a Unix socket (``control.sock`` in the rig's directory, mode 0600:
+only its owner may break its pumps); ``pumpgw rig fault``, ``pumpgw rig record`` and
+``pumpgw rig status`` connect, send one request and print the answer.
+
+Wire format: one JSON object per line each way. Requests::
+
+    {"op": "status"}
+    {"op": "fault", "pump": ID, "kind": KIND, "count": N?, "seconds": S?, "delay": S?, "channel": N?}
+    {"op": "clear", "pump": ID}
+    {"op": "record", "pump": ID, "path": ABSOLUTE-PATH}
+    {"op": "record-stop", "pump": ID}
+
+Answers: ``{"ok": true, "detail": TEXT, "pumps": [...]?}`` or ``{"ok": false, "error": TEXT}``. A
+request the rig cannot carry out is answered with the reason; it never stops the rig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from .bench_rig import BenchRig
+from .faults import FaultError
+
+_LOG = logging.getLogger(__name__)
+_MAX_LINE: Final = 64 * 1024
+SOCKET_NAME: Final = "control.sock"
+
+
+class RigControlServer:
+    """Serves ``rig`` on a Unix socket at ``path``. Use ``async with``."""
+
+    def __init__(self, rig: BenchRig, path: Path) -> None:
+        self.rig = rig
+        self.path = path
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RigControlServer:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a socket left by a rig that was killed
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=_MAX_LINE)
+        os.chmod(self.path, 0o600)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(self.handle_line(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line over the limit
+            _LOG.warning("rig control: connection dropped: %s", exc)
+        finally:
+            writer.close()  # not awaited: a rig stopping must not wait on a client
+
+    def handle_line(self, line: bytes) -> dict[str, Any]:
+        """One request line → its answer. Never raises."""
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": f"not a JSON request: {exc}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request is a JSON object with an 'op'"}
+        try:
+            return self._handle(request)
+        except FaultError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        rig = self.rig
+        if op not in ("status", "fault", "clear", "record", "record-stop"):
+            raise FaultError(f"unknown op {op!r}: status, fault, clear, record or record-stop")
+        if op == "status":
+            return {"ok": True, "detail": f"{len(rig.pumps)} pump(s)", "pumps": rig.describe()}
+        pump = _text(request, "pump")
+        if op == "fault":
+            kind = _text(request, "kind")
+            if kind == "clear":
+                return {"ok": True, "detail": rig.clear_faults(pump)}
+            detail = rig.set_fault(
+                pump,
+                kind,
+                count=_int(request, "count"),
+                seconds=_float(request, "seconds"),
+                delay_s=_float(request, "delay") or 0.0,
+                channel=_int(request, "channel") or 1,
+            )
+            return {"ok": True, "detail": detail}
+        if op == "clear":
+            return {"ok": True, "detail": rig.clear_faults(pump)}
+        if op == "record":
+            path = Path(_text(request, "path"))
+            if not path.is_absolute():
+                raise FaultError(f"record: path {path} must be absolute (the rig runs elsewhere)")
+            return {"ok": True, "detail": rig.start_recording(pump, path)}
+        return {"ok": True, "detail": rig.stop_recording(pump)}
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise FaultError(f"request needs {key!r} as text, got {value!r}")
+    return value
+
+
+def _int(request: dict[str, Any], key: str) -> int | None:
+    value = request.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FaultError(f"{key} must be a whole number, got {value!r}")
+    return value
+
+
+def _float(request: dict[str, Any], key: str) -> float | None:
+    value = request.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise FaultError(f"{key} must be a number, got {value!r}")
+    return None if value is None else float(value)
+
+
+async def ask(path: Path, request: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one request to the rig at ``path`` and return its answer.
+    Raises OSError when no rig listens there and TimeoutError when it does not answer."""
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=_MAX_LINE)
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    if not line:
+        raise OSError(f"the rig at {path} closed the connection without answering")
+    answer = json.loads(line)
+    if not isinstance(answer, dict):
+        raise OSError(f"the rig at {path} answered {line[:200]!r}")
+    return answer
