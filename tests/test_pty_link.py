@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import termios
 
@@ -49,7 +50,8 @@ async def _read(fd: int, size: int) -> bytes:
             while len(got) < size:
                 ready.clear()
                 await ready.wait()
-                got += os.read(fd, size - len(got))
+                with contextlib.suppress(BlockingIOError):  # woken, but another read took it
+                    got += os.read(fd, size - len(got))
     finally:
         loop.remove_reader(fd)
     return bytes(got)
@@ -177,3 +179,23 @@ async def test_stop_while_a_client_has_the_port_open() -> None:
     finally:
         os.close(client)
     assert _open_fds() == before
+
+
+async def test_a_paced_line_is_never_faster_than_its_baud_rate() -> None:
+    # 9600 baud, 10 bits a character: 10 characters in and 12 out take at least 22.9 ms, twice.
+    # Only the lower bound is asserted: a busy machine may be slower, never faster than the wire.
+    recorder = Recorder()
+    async with PtyDeviceServer(recorder, FakeClock(), baudrate=9600) as server:
+        fd = _open_client(server.path)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            os.write(fd, b"0123456789")
+            first = await _read(fd, 12)
+            os.write(fd, b"abcdefghij")
+            second = await _read(fd, 12)
+            elapsed = loop.time() - started
+        finally:
+            os.close(fd)
+    assert (first, second) == (b"<0123456789>", b"<abcdefghij>")
+    assert elapsed >= 2 * (10 + 12) * 10 / 9600 * 0.99
