@@ -73,6 +73,7 @@ from pumpgw.drivers.alaris_codec import (
     vtbi_command,
 )
 from pumpgw.drivers.base import (
+    READBACK_MISMATCH,
     Capabilities,
     ChannelProgram,
     ChannelState,
@@ -377,7 +378,7 @@ class AlarisDriver:
             shown = "none" if held is None else str(held)
             differences.append(f"VTBI read back as {shown}, programmed {program.vtbi}")
         if differences:
-            raise DeviceError(self._pump_id, "program", "readback-mismatch", "; ".join(differences))
+            raise DeviceError(self._pump_id, "program", READBACK_MISMATCH, "; ".join(differences))
 
     async def start(self, channel: int) -> None:
         """Take remote control, ``INF_START``, and read the status back. Raises DeviceError if the
@@ -390,7 +391,7 @@ class AlarisDriver:
             status = await self._status()
         if status.state not in _STARTED:
             raise DeviceError(
-                self._pump_id, "INF_START", "readback-mismatch", f"start accepted but state is {status.state}"
+                self._pump_id, "INF_START", READBACK_MISMATCH, f"start accepted but state is {status.state}"
             )
 
     async def stop(self, channel: int) -> None:
@@ -409,7 +410,7 @@ class AlarisDriver:
             self._settled(status)  # if the read before the stop failed
         if status.state in _RUNNING:
             raise DeviceError(
-                self._pump_id, "INF_STOP", "readback-mismatch", f"stop accepted but state is {status.state}"
+                self._pump_id, "INF_STOP", READBACK_MISMATCH, f"stop accepted but state is {status.state}"
             )
 
     # -- steps (the caller holds the lock) --------------------------------------------------------

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from pumpgw.gateway.errors import QuantityError
 from pumpgw.gateway.quantity import Quantity
+
+#: The DeviceError code every driver uses when what the pump holds after a write is not what was
+#: sent (or a start or stop did not take): one code, so the workflow can treat them alike.
+READBACK_MISMATCH: Final = "readback-mismatch"
 
 
 class ChannelState(StrEnum):

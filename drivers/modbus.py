@@ -72,7 +72,14 @@ from pumpgw.gateway.errors import (
 )
 from pumpgw.gateway.quantity import Quantity
 
-from .base import Capabilities, ChannelProgram, ChannelState, ChannelStatus, PumpIdentity
+from .base import (
+    READBACK_MISMATCH,
+    Capabilities,
+    ChannelProgram,
+    ChannelState,
+    ChannelStatus,
+    PumpIdentity,
+)
 from .modbus_map import Block, FieldValue, RegisterMap, decode, encode, load_builtin_map
 
 DEFAULT_MAP: Final = "rig-multichannel-v1"
@@ -448,7 +455,7 @@ class ModbusDriver(abc.ABC):
         state = self._state(after)
         if state not in _STARTED:
             raise DeviceError(
-                self._pump_id, command, "readback-mismatch", f"start accepted but state is {state}"
+                self._pump_id, command, READBACK_MISMATCH, f"start accepted but state is {state}"
             )
 
     async def stop(self, channel: int) -> None:
@@ -460,7 +467,7 @@ class ModbusDriver(abc.ABC):
         state = self._state(after)
         if state in _RUNNING:
             raise DeviceError(
-                self._pump_id, command, "readback-mismatch", f"stop accepted but state is {state}"
+                self._pump_id, command, READBACK_MISMATCH, f"stop accepted but state is {state}"
             )
 
     # --- transport ------------------------------------------------------------------------------
@@ -756,7 +763,7 @@ class ModbusDriver(abc.ABC):
             if not _same(sent, held)
         ]
         if differences:
-            raise DeviceError(self._pump_id, command, "readback-mismatch", "; ".join(differences))
+            raise DeviceError(self._pump_id, command, READBACK_MISMATCH, "; ".join(differences))
 
 
 class ModbusTcpDriver(ModbusDriver):

@@ -39,6 +39,7 @@ import serial
 import serial_asyncio_fast
 
 from pumpgw.drivers.base import (
+    READBACK_MISMATCH,
     Capabilities,
     ChannelProgram,
     ChannelState,
@@ -344,7 +345,7 @@ class NewEraDriver:
         Raises QuantityError before anything is sent when the rate or VTBI cannot be written
         exactly in the pump's format (4 digits, 3 decimals: values are never rounded);
         DeviceError when the pump refuses a command (``?OOR`` out of range, ``?NA`` while pumping)
-        or reads back something else than was sent ("read-back-mismatch"); NoResponse,
+        or reads back something else than was sent (``READBACK_MISMATCH``); NoResponse,
         ProtocolError. Drug and concentration are not sent: a New Era pump cannot hold them.
         """
         self._check_channel(channel, "program")
@@ -367,7 +368,7 @@ class NewEraDriver:
                 raise DeviceError(
                     self._pump_id,
                     "program",
-                    "read-back-mismatch",
+                    READBACK_MISMATCH,
                     f"{name} read back as {read}, programmed {sent}",
                 )
 

@@ -104,9 +104,9 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
 def demo(ctx: click.Context, duration: float | None, state_dir: Path | None, no_mqtt: bool) -> None:
     """Run the gateway against the bench rig, with no configuration.
 
-    Starts emulated pumps (one on Modbus TCP, one on a serial PTY pair speaking the New Era
-    protocol), a local mosquitto on a free loopback port if it is installed, and the gateway, and
-    shows every channel live. Ctrl-C stops everything.
+    Starts emulated pumps (one per protocol: Modbus TCP, Modbus RTU, New Era and Alaris-style, the
+    serial ones on PTY pairs), a local mosquitto on a free loopback port if it is installed, and the
+    gateway, and shows every channel live. Ctrl-C stops everything.
     """
     from .demo import run_demo
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -138,7 +138,11 @@ class GatewayConfig(_Section):
         return pumps
 
 
-_DRIVER_TAGS = {"modbus-tcp", "newera"}
+# Every driver name: pydantic puts the union tag into error locations; it is not a key of ours.
+_DRIVER_TAGS = frozenset(
+    get_args(cls.model_fields["driver"].annotation)[0]
+    for cls in (ModbusTcpPumpConfig, ModbusRtuPumpConfig, NewEraPumpConfig, AlarisPumpConfig)
+)
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

@@ -1,6 +1,7 @@
 """``pumpgw demo``: the gateway against its own bench rig, with no configuration at all.
 
-It starts the bench rig in a child process (emulated pumps on a Modbus TCP port and on a PTY pair),
+It starts the bench rig in a child process (``pumpgw rig up``: one emulated pump per protocol, on
+TCP and on PTY pairs),
 a local mosquitto on a free loopback port when one is installed, and the gateway against both, and
 shows every channel live. Ctrl-C (or ``--duration``) stops everything in reverse order; the
 children are also tied to this process's life by the kernel, so nothing is left behind.

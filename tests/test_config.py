@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pumpgw.gateway.config import GatewayConfig, ModbusTcpPumpConfig, NewEraPumpConfig, load_config
+from pumpgw.gateway.config import (
+    AlarisPumpConfig,
+    GatewayConfig,
+    ModbusRtuPumpConfig,
+    ModbusTcpPumpConfig,
+    NewEraPumpConfig,
+    load_config,
+)
 from pumpgw.gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +27,28 @@ def test_the_documented_example_loads() -> None:
     assert cfg.gateway.id == "icu3-bed12"
     assert cfg.mqtt.enabled
     assert cfg.mqtt.tls is not None
-    assert [type(p) for p in cfg.pumps] == [ModbusTcpPumpConfig, NewEraPumpConfig]
+    assert [type(p) for p in cfg.pumps] == [
+        ModbusTcpPumpConfig,
+        NewEraPumpConfig,
+        ModbusRtuPumpConfig,
+        AlarisPumpConfig,
+    ]
     assert cfg.pumps[1].id == "syringe-1"
+    rtu = cfg.pumps[2]
+    assert isinstance(rtu, ModbusRtuPumpConfig)
+    assert (rtu.parity, rtu.unit_id) == ("E", 2)
+
+
+def test_a_serial_line_setting_outside_the_standard_rates_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[pumps]]\nid = "a"\ndriver = "alaris"\nport = "/dev/ttyS0"\nbaudrate = 12345\n'
+        '[[pumps]]\nid = "b"\ndriver = "modbus-rtu"\nport = "/dev/ttyS0"\nparity = "X"\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = {info.value.key, *(p.key for p in info.value.also)}
+    assert keys == {"pumps[0].baudrate", "pumps[1].parity"}
 
 
 def test_the_systemd_example_loads() -> None:
@@ -129,7 +156,7 @@ def test_cli_config_check_accepts_the_example() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "valid; gateway icu3-bed12, 2 pump(s), MQTT on" in proc.stdout
+    assert "valid; gateway icu3-bed12, 4 pump(s), MQTT on" in proc.stdout
 
 
 def test_a_poll_interval_that_would_let_safe_mode_stop_the_pump_is_refused(tmp_path: Path) -> None:
