@@ -47,7 +47,6 @@ import asyncio
 import errno
 import logging
 import re
-from collections import deque
 from typing import Final, cast
 
 import serial
@@ -80,7 +79,7 @@ from pumpgw.drivers.base import (
     ChannelStatus,
     PumpIdentity,
 )
-from pumpgw.drivers.newera import open_serial
+from pumpgw.drivers.serial_link import SerialLink, open_serial
 from pumpgw.gateway.errors import (
     ConfigError,
     DeviceError,
@@ -101,8 +100,6 @@ ALARIS_CAPABILITIES: Final = Capabilities(
     reports_battery=False,
 )
 
-#: How long close() waits for pyserial-asyncio-fast to close the port in its executor thread.
-_CLOSE_TIMEOUT_S: Final = 2.0
 
 #: Our infusion-mode values (see the codec) as common states; any other value is UNKNOWN.
 _STATE_OF_MODE: Final = {
@@ -124,70 +121,7 @@ _COMMS_PROTOCOL = re.compile(r"(.+?) Rev (\S+)", re.ASCII)
 _Item = Reply | ErrorReply | ProtocolError
 
 
-class _Link(asyncio.Protocol):
-    """The serial port's protocol object: bytes in → decoder → a queue of replies and errors.
-
-    A protocol object (rather than a StreamReader) lets the driver see exactly what arrived before
-    it sends a request, and throw it away (the same design as the New Era driver's link).
-    """
-
-    def __init__(self, decoder: HostDecoder) -> None:
-        self.decoder = decoder
-        self.transport: asyncio.Transport | None = None
-        self.items: deque[_Item] = deque()
-        self.lost = False
-        self.lost_reason: Exception | None = None
-        self._arrived = asyncio.Event()
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        while True:
-            try:
-                event = self.decoder.next_event()
-            except ProtocolError as exc:
-                self.items.append(exc)
-                continue
-            if event is NEED_DATA:
-                break
-            self.items.append(event)
-        if self.items:
-            self._arrived.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.lost_reason = exc
-        self._arrived.set()
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    async def next_item(self) -> _Item | None:
-        """The next reply, error reply or bad frame; None once the port is closed."""
-        while not self.items:
-            if self.lost:
-                return None
-            self._arrived.clear()
-            await self._arrived.wait()
-        return self.items.popleft()
-
-    def take_stale(self) -> tuple[list[_Item], bytes]:
-        """Everything received so far and not yet taken, and any partial frame (both dropped)."""
-        items = list(self.items)
-        self.items.clear()
-        return items, self.decoder.clear()
-
-    async def close(self) -> None:
-        """Close the port and wait until pyserial has closed its file descriptor."""
-        if self.transport is not None and not self.lost:
-            self.transport.close()
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await asyncio.shield(self._closed)
-            except TimeoutError:
-                _LOG.warning("serial port did not close within %s s", _CLOSE_TIMEOUT_S)
+_Link = SerialLink[Reply | ErrorReply]
 
 
 def _label(fields: tuple[str, ...]) -> str:
@@ -281,7 +215,7 @@ class AlarisDriver:
             if self._link is not None and not self._link.lost:
                 return
             self._link = None
-            link = _Link(HostDecoder(peer=self._pump_id))
+            link = _Link(HostDecoder(peer=self._pump_id), NEED_DATA)
             try:
                 link.transport = await open_serial(self._port, self._baudrate, link)
             except serial.SerialException as exc:

@@ -32,11 +32,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections import deque
-from typing import Final, cast
+from typing import Final
 
 import serial
-import serial_asyncio_fast
 
 from pumpgw.drivers.base import (
     READBACK_MISMATCH,
@@ -61,6 +59,7 @@ from pumpgw.drivers.newera_codec import (
     parse_dispensed,
     parse_firmware,
 )
+from pumpgw.drivers.serial_link import SerialLink, open_serial
 from pumpgw.gateway.errors import (
     ConfigError,
     DeviceError,
@@ -85,8 +84,6 @@ NEWERA_CAPABILITIES: Final = Capabilities(
 #: After an alarm report the command is sent again. Twice: an alarm packet the pump sent by itself
 #: (Auto-Alarm, §2.3) can arrive just before the alarm reply to the command.
 _ALARM_RESENDS: Final = 2
-#: How long close() waits for pyserial-asyncio-fast to close the port in its executor thread.
-_CLOSE_TIMEOUT_S: Final = 2.0
 
 _STATE_OF_PROMPT: Final = {
     Prompt.INFUSING: ChannelState.INFUSING,
@@ -101,85 +98,7 @@ _STATE_OF_PROMPT: Final = {
 }
 
 
-async def open_serial(port: str, baudrate: int, protocol: asyncio.Protocol) -> asyncio.Transport:
-    """Open ``port`` (a device path or a pyserial URL) 8N1 and attach ``protocol`` to it.
-
-    A typed wrapper around ``serial_asyncio_fast.create_serial_connection``. Raises
-    ``serial.SerialException`` (an ``OSError``) when the port cannot be opened.
-    """
-    loop = asyncio.get_running_loop()
-    transport, _ = await serial_asyncio_fast.create_serial_connection(
-        loop, lambda: protocol, port, baudrate=baudrate
-    )
-    return cast(asyncio.Transport, transport)
-
-
-class _Link(asyncio.Protocol):
-    """The serial port's protocol object: bytes in → decoder → a queue of replies and errors.
-
-    A protocol object (rather than ``open_serial_connection``'s StreamReader) lets the driver see
-    exactly what arrived before it sends a request, and throw that away: a late reply to a request
-    that timed out, or an alarm packet the pump sent by itself, must never be taken as the answer
-    to the next request.
-    """
-
-    def __init__(self, decoder: HostDecoder) -> None:
-        self.decoder = decoder
-        self.transport: asyncio.Transport | None = None
-        self.items: deque[Reply | ProtocolError] = deque()
-        self.lost = False
-        self.lost_reason: Exception | None = None
-        self._arrived = asyncio.Event()
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        while True:
-            try:
-                event = self.decoder.next_event()
-            except ProtocolError as exc:
-                self.items.append(exc)
-                continue
-            if event is NEED_DATA:
-                break
-            self.items.append(event)
-        if self.items:
-            self._arrived.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.lost_reason = exc
-        self._arrived.set()
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    async def next_item(self) -> Reply | ProtocolError | None:
-        """The next reply or bad frame; None once the port is closed."""
-        while not self.items:
-            if self.lost:
-                return None
-            self._arrived.clear()
-            await self._arrived.wait()
-        return self.items.popleft()
-
-    def take_stale(self) -> tuple[list[Reply | ProtocolError], bytes]:
-        """Everything received so far and not yet taken, and any partial frame (both dropped)."""
-        items = list(self.items)
-        self.items.clear()
-        return items, self.decoder.clear()
-
-    async def close(self) -> None:
-        """Close the port and wait until pyserial has closed its file descriptor."""
-        if self.transport is not None and not self.lost:
-            self.transport.close()
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await asyncio.shield(self._closed)
-            except TimeoutError:
-                _LOG.warning("serial port did not close within %s s", _CLOSE_TIMEOUT_S)
+_Link = SerialLink[Reply]
 
 
 class NewEraDriver:
@@ -250,7 +169,8 @@ class NewEraDriver:
             self._link = self._mode = None  # a port that went away: open it afresh
             # The pump's mode is unknown until it answers: it keeps the mode it had before power-off
             # (§2.3). Read either framing until then.
-            link = _Link(HostDecoder(mode=None, peer=self._pump_id))
+            decoder = HostDecoder(mode=None, peer=self._pump_id)
+            link = _Link(decoder, NEED_DATA)
             try:
                 link.transport = await open_serial(self._port, self._baudrate, link)
             except serial.SerialException as exc:
@@ -276,7 +196,7 @@ class NewEraDriver:
                 self._link = None
                 await link.close()
                 raise
-            link.decoder.mode = target
+            decoder.mode = target
             self._mode = target
 
     async def close(self) -> None:
