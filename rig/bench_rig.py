@@ -57,6 +57,8 @@ PUMP_FAULTS: Final[Mapping[str, str]] = {
 #: The drug library version the rig's pumps report, and the one ``old-library`` makes them report.
 LIBRARY_VERSION: Final = 7
 OLD_LIBRARY_VERSION: Final = 6
+#: What the Modbus pump's battery register reads under a battery alarm.
+_BATTERY_PERCENT: Final = {"battery-low": 15, "battery-depleted": 2}
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,8 @@ class BenchRig:
                     target = pump.channel(channel)
                     target.advance(now)
                     target.raise_alarm(kind)
+                    if kind in _BATTERY_PERCENT:  # the battery register says it too
+                        model.battery_percent = _BATTERY_PERCENT[kind]
             except ValueError as exc:
                 raise FaultError(f"{pump.id}: {exc}") from exc
             pump.pump_faults.add(kind)
@@ -242,6 +246,7 @@ class BenchRig:
         model = pump.model
         if isinstance(model, EmulatedModbusPump):
             model.library_version = LIBRARY_VERSION
+            model.battery_percent = 100
             for n in range(1, model.channels + 1):
                 model.channel(n).advance(now)
                 model.channel(n).clear_alarms()

@@ -58,8 +58,16 @@ async def test_pump_faults_old_library_and_device_alarm(tmp_path: Path) -> None:
             assert "occlusion-downstream" in second.alarms
             assert second.state.value == "alarm"
             assert first.alarms == ()
+            rig.set_fault("rig-modbus-1", "battery-low", channel=1)
+            first, _ = await driver.read_status()
+            assert "battery-low" in first.alarms
+            assert first.battery_percent == 15
+            assert first.state.value == "infusing"  # an advisory: delivery goes on
             rig.clear_faults("rig-modbus-1")
             assert (await driver.identify()).library_version != str(OLD_LIBRARY_VERSION)
+            first, second = await driver.read_status()
+            assert (first.alarms, second.alarms, first.battery_percent) == ((), (), 100)
+            assert second.state.value == "paused"  # never restarts by itself after an alarm
         finally:
             await driver.close()
 
