@@ -44,12 +44,9 @@ control back (``REMOTE_CTRL^DISABLED``, ``REMOTE_CFG^DISABLED``, as INFUPY does 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import re
 from typing import Final, cast
-
-import serial
 
 from pumpgw.drivers.alaris_codec import (
     BAUDRATE,
@@ -79,12 +76,11 @@ from pumpgw.drivers.base import (
     ChannelStatus,
     PumpIdentity,
 )
-from pumpgw.drivers.serial_link import SerialLink, open_serial
+from pumpgw.drivers.serial_link import SerialLink, open_link
 from pumpgw.gateway.errors import (
     ConfigError,
     DeviceError,
     DriverError,
-    EnvironmentProblem,
     NoResponse,
     ProtocolError,
 )
@@ -216,21 +212,7 @@ class AlarisDriver:
                 return
             self._link = None
             link = _Link(HostDecoder(peer=self._pump_id), NEED_DATA)
-            try:
-                link.transport = await open_serial(self._port, self._baudrate, link)
-            except serial.SerialException as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM):
-                    raise EnvironmentProblem(
-                        f"no permission to open serial port {self._port}",
-                        "add the gateway's user to the group that owns the port (dialout on Debian)",
-                    ) from exc
-                raise DriverError(
-                    self._pump_id, "open", f"cannot open serial port {self._port}: {exc}"
-                ) from exc
-            except (OSError, ValueError) as exc:
-                raise DriverError(
-                    self._pump_id, "open", f"cannot open serial port {self._port}: {exc}"
-                ) from exc
+            await open_link(self._pump_id, self._port, self._baudrate, link)
             self._link = link
             try:
                 await self._read_identity()

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import errno
 import os
 import termios
 import weakref
@@ -64,7 +63,6 @@ from pymodbus.pdu import ModbusPDU
 from pumpgw.gateway.errors import (
     DeviceError,
     DriverError,
-    EnvironmentProblem,
     NoResponse,
     ProtocolError,
     PumpGwError,
@@ -81,6 +79,7 @@ from .base import (
     PumpIdentity,
 )
 from .modbus_map import Block, FieldValue, RegisterMap, decode, encode, load_builtin_map
+from .serial_link import serial_open_error
 
 DEFAULT_MAP: Final = "rig-multichannel-v1"
 # Modbus exception codes in words (Modbus Application Protocol v1.1b3 §7).
@@ -112,7 +111,6 @@ _PARITIES: Final = frozenset({"N", "E", "O"})
 _BITS_PER_CHARACTER: Final = 11
 _FIXED_TIMING_BAUD: Final = 19200
 _FIXED_T35_S: Final = 0.00175
-_PERMISSION_FIX: Final = "add the gateway's user to the group that owns the port (dialout on Debian)"
 
 Send = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
 LinkCallback = Callable[[bool], None]  # pymodbus's trace_connect: True on connect, False on loss
@@ -327,14 +325,6 @@ def _serial_open_error(pump_id: str, command: str, line: _SerialLine) -> PumpGwE
         f"cannot open serial port {port}, although it exists and may be opened: another program "
         "may be using it (pyserial locks a port for one user)",
     )
-
-
-def serial_open_error(pump_id: str, command: str, port: str, exc: OSError) -> PumpGwError:
-    """The gateway's error for an OSError opening ``port``: EACCES or EPERM is the machine's
-    (EnvironmentProblem, with the fix), anything else a DriverError naming the port and reason."""
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return EnvironmentProblem(f"no permission to open serial port {port}", _PERMISSION_FIX)
-    return DriverError(pump_id, command, f"cannot open serial port {port}: {exc.strerror or exc}")
 
 
 # --- the driver ---------------------------------------------------------------------------------------

@@ -30,11 +30,8 @@ does not switch safe mode off: a pump whose gateway stays away longer than the t
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from typing import Final
-
-import serial
 
 from pumpgw.drivers.base import (
     READBACK_MISMATCH,
@@ -59,12 +56,11 @@ from pumpgw.drivers.newera_codec import (
     parse_dispensed,
     parse_firmware,
 )
-from pumpgw.drivers.serial_link import SerialLink, open_serial
+from pumpgw.drivers.serial_link import SerialLink, open_link
 from pumpgw.gateway.errors import (
     ConfigError,
     DeviceError,
     DriverError,
-    EnvironmentProblem,
     NoResponse,
     ProtocolError,
 )
@@ -171,17 +167,7 @@ class NewEraDriver:
             # (§2.3). Read either framing until then.
             decoder = HostDecoder(mode=None, peer=self._pump_id)
             link = _Link(decoder, NEED_DATA)
-            try:
-                link.transport = await open_serial(self._port, self._baudrate, link)
-            except serial.SerialException as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM):
-                    raise EnvironmentProblem(
-                        f"no permission to open serial port {self._port}",
-                        "add the gateway's user to the group that owns the port (dialout on Debian)",
-                    ) from exc
-                raise DriverError(
-                    self._pump_id, "open", f"cannot open serial port {self._port}: {exc}"
-                ) from exc
+            await open_link(self._pump_id, self._port, self._baudrate, link)
             self._link = link
             target = Mode.SAFE if self._safe_mode_timeout_s > 0 else Mode.BASIC
             # SAF always goes in safe framing, whatever mode the pump is in, and the pump answers

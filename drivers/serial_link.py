@@ -11,15 +11,19 @@ the next request.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections import deque
 from typing import Final, Generic, Protocol, TypeVar, cast
 
+import serial
 import serial_asyncio_fast
 
-from pumpgw.gateway.errors import ProtocolError
+from pumpgw.gateway.errors import DriverError, EnvironmentProblem, ProtocolError, PumpGwError
 
 _LOG = logging.getLogger(__name__)
+
+PERMISSION_FIX: Final = "add the gateway's user to the group that owns the port (dialout on Debian)"
 
 #: How long close() waits for pyserial-asyncio-fast to close the port in its executor thread.
 CLOSE_TIMEOUT_S: Final = 2.0
@@ -51,6 +55,25 @@ async def open_serial(port: str, baudrate: int, protocol: asyncio.Protocol) -> a
         loop, lambda: protocol, port, baudrate=baudrate
     )
     return cast(asyncio.Transport, transport)
+
+
+def serial_open_error(pump_id: str, command: str, port: str, exc: OSError) -> PumpGwError:
+    """The gateway's error for an OSError opening ``port``: EACCES or EPERM is the machine's
+    (EnvironmentProblem, with the fix), anything else a DriverError naming the port and reason."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentProblem(f"no permission to open serial port {port}", PERMISSION_FIX)
+    return DriverError(pump_id, command, f"cannot open serial port {port}: {exc.strerror or exc}")
+
+
+async def open_link(pump_id: str, port: str, baudrate: int, link: SerialLink[T]) -> None:
+    """Open ``port`` for ``link``; raise EnvironmentProblem or DriverError (never an OSError or
+    pyserial's ValueError for a setting the port refuses) naming the port."""
+    try:
+        link.transport = await open_serial(port, baudrate, link)
+    except serial.SerialException as exc:
+        raise serial_open_error(pump_id, "open", port, exc) from exc
+    except (OSError, ValueError) as exc:
+        raise DriverError(pump_id, "open", f"cannot open serial port {port}: {exc}") from exc
 
 
 class SerialLink(asyncio.Protocol, Generic[T]):

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from pumpgw.drivers.base import ChannelProgram, ChannelState, PumpDriver
-from pumpgw.drivers.modbus import ModbusRtuDriver, rtu_gap_s, serial_open_error, shared_serial_lines
+from pumpgw.drivers.modbus import ModbusRtuDriver, rtu_gap_s, shared_serial_lines
 from pumpgw.drivers.modbus_map import load_builtin_map
+from pumpgw.drivers.serial_link import serial_open_error
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import DriverError, EnvironmentProblem, NoResponse
 from pumpgw.gateway.quantity import Quantity
