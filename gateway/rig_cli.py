@@ -67,7 +67,7 @@ def rig() -> None:
 @click.option(
     "--modbus-rtu",
     type=click.IntRange(0, 16),
-    default=0,
+    default=1,
     show_default=True,
     help="The same pumps over Modbus RTU, each on its own serial PTY.",
 )
@@ -81,7 +81,7 @@ def rig() -> None:
 @click.option(
     "--alaris",
     type=click.IntRange(0, 16),
-    default=0,
+    default=1,
     show_default=True,
     help="Alaris-style (GH/CC/Asena protocol) syringe pumps, each on its own serial PTY.",
 )
