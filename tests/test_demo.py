@@ -1,5 +1,5 @@
 """End to end: ``pumpgw demo`` as a subprocess, against the bench rig, a real mosquitto and real
-ports; both pumps polled, events committed and delivered, nothing left running afterwards.
+ports; every pump polled, events committed and delivered, nothing left running afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from pumpgw.gateway.eventlog import EventStore
 pytestmark = pytest.mark.slow
 
 PUMPGW = str(Path(sys.executable).with_name("pumpgw"))
+
+#: The default rig: one pump of each protocol (`pumpgw rig up`).
+RIG_PUMPS = {"rig-modbus-1", "rig-modbus-rtu-1", "rig-newera-1", "rig-alaris-1"}
 
 
 def processes_with_marker(marker: str) -> list[str]:
@@ -90,15 +93,18 @@ def check_state(state: Path) -> list[dict[str, object]]:
     assert types[0] == "gateway.started"
     assert types[-1] == "gateway.stopped"
     identified = {e["pump"] for e in events if e["type"] == "pump.identified"}
-    assert identified == {"rig-modbus-1", "rig-newera-1"}
-    # Both pumps polled: every channel reported its state (the rig starts them infusing).
+    assert identified == RIG_PUMPS
+    # Every pump polled: every channel reported its state (the rig starts them infusing).
     polled = {
         (e["pump"], e["channel"], e["payload"]["to"]) for e in events if e["type"] == "channel.state_changed"
     }
     assert {
         ("rig-modbus-1", 1, "infusing"),
         ("rig-modbus-1", 2, "infusing"),
+        ("rig-modbus-rtu-1", 1, "infusing"),
+        ("rig-modbus-rtu-1", 2, "infusing"),
         ("rig-newera-1", 1, "infusing"),
+        ("rig-alaris-1", 1, "infusing"),
     } <= polled
     # Streamed to the local mosquitto, flushed on stop: only gateway.stopped (written after the
     # MQTT part has stopped) waits in the outbox for the next start.
@@ -197,7 +203,7 @@ def test_demo_log_format_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     polled = [r for r in records if r["message"] == "first poll of pump complete"]
-    assert {r["pump"] for r in polled} == {"rig-modbus-1", "rig-newera-1"}
+    assert {r["pump"] for r in polled} == RIG_PUMPS
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
 
 
