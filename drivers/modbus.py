@@ -78,10 +78,9 @@ from .base import (
     ChannelStatus,
     PumpIdentity,
 )
-from .modbus_map import Block, FieldValue, RegisterMap, decode, encode, load_builtin_map
+from .modbus_map import DEFAULT_MAP, Block, FieldValue, RegisterMap, decode, encode, load_builtin_map
 from .serial_link import serial_open_error
 
-DEFAULT_MAP: Final = "rig-multichannel-v1"
 # Modbus exception codes in words (Modbus Application Protocol v1.1b3 §7).
 _EXCEPTIONS: Final[Mapping[int, str]] = {
     1: "illegal function",

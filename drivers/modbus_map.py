@@ -74,6 +74,10 @@ _WIDE: Final = Context(prec=80, rounding=ROUND_HALF_EVEN)
 _NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 _MAP_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
+#: The built-in map of the bench rig's reference pump: what a driver or a config entry uses
+#: when none is named.
+DEFAULT_MAP: Final = "rig-multichannel-v1"
+
 
 # --- the map ----------------------------------------------------------------------------------------
 

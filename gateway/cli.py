@@ -9,58 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from .cli_common import EXIT_CONFIG, default_state_dir, fail, run_until_signal
 from .clock import SystemClock
-from .errors import ConfigError, PartFailed, PumpGwError
+from .errors import ConfigError, PumpGwError
 from .logs import setup_logging
 from .rig_cli import rig
 
 log = logging.getLogger("pumpgw")
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-def _default_demo_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "pumpgw" / "demo"
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], duration: float | None) -> None:
-    """Run ``main(stop)`` on a new event loop; SIGINT, SIGTERM or ``duration`` set ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if duration is not None:
-            loop.call_later(duration, stop.set)
-        await main(stop)
-
-    try:
-        asyncio.run(runner())
-    except PumpGwError as exc:
-        _fail(exc)
-
-
-def _fail(exc: PumpGwError) -> NoReturn:
-    """Say what went wrong in one line and exit: 2 for a configuration problem, 1 otherwise."""
-    if isinstance(exc, PartFailed) and isinstance(exc.cause, ConfigError):
-        exc = exc.cause  # the part could not start because of its configuration
-    if isinstance(exc, ConfigError):
-        click.echo(f"pumpgw: configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    click.echo(f"pumpgw: {exc}", err=True)
-    sys.exit(EXIT_FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,7 +70,7 @@ def demo(ctx: click.Context, duration: float | None, state_dir: Path | None, no_
     """
     from .demo import run_demo
 
-    state = state_dir or _default_demo_state_dir()
+    state = state_dir or default_state_dir("demo")
     tty = sys.stdout.isatty()
     if tty:
         # Log lines would tear the live table: send them to a file and say where.
@@ -119,7 +79,7 @@ def demo(ctx: click.Context, duration: float | None, state_dir: Path | None, no_
         setup_logging(ctx.obj["log_level"] or "info", ctx.obj["log_format"] or "text", logfile)
         click.echo(f"pumpgw demo: logging to {state / 'gateway.log'}", err=True)
     log.info("demo starting", extra={"state_dir": str(state)})
-    _run_until_signal(
+    run_until_signal(
         lambda stop: run_demo(
             state_dir=state,
             clock=SystemClock(),
@@ -151,14 +111,14 @@ def run(ctx: click.Context, config_path: Path) -> None:
         config = load_config(config_path)
         check_files(config, str(config_path))
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
     setup_logging(ctx.obj["log_level"] or config.log.level, ctx.obj["log_format"] or config.log.format)
     log.info("gateway starting", extra={"config": str(config_path), "pumps": len(config.pumps)})
 
     async def main_(stop: asyncio.Event) -> None:
         await Gateway(config, SystemClock()).run(stop)
 
-    _run_until_signal(main_, None)
+    run_until_signal(main_, None)
     log.info("gateway stopped")
 
 
@@ -179,7 +139,7 @@ def config_check(path: Path) -> None:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(
         f"{path}: valid; gateway {cfg.gateway.id}, {len(cfg.pumps)} pump(s), "
         f"MQTT {'on' if cfg.mqtt.enabled else 'off'}, state in {cfg.gateway.state_dir}"
@@ -203,14 +163,14 @@ def events_verify(state_dir: Path | None) -> None:
     from .app import EVENT_LOG_NAME
     from .eventlog import verify_file
 
-    path = (state_dir or _default_demo_state_dir()) / EVENT_LOG_NAME
+    path = (state_dir or default_state_dir("demo")) / EVENT_LOG_NAME
     if not path.exists():
         click.echo(f"pumpgw: no event log at {path}", err=True)
         sys.exit(EXIT_CONFIG)
     try:
         result = verify_file(path)
     except PumpGwError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(
         f"{path}: {result.count} events, hash chain intact; last event seq {result.last_seq}, "
         f"hash {result.last_hash}\n(deleting the newest events leaves a valid chain: compare the last "

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from .cli_common import EXIT_CONFIG, EXIT_FAILED, default_state_dir, run_until_signal
 from .clock import SystemClock
 from .errors import ConfigError
 
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
 
 def default_rig_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "pumpgw" / "rig"
+    return default_state_dir("rig")
 
 
 _DIR_OPTION = click.option(
@@ -157,9 +153,7 @@ def rig_up(
             sys.stdout.flush()
             await stop.wait()
 
-    from .cli import _run_until_signal
-
-    _run_until_signal(main_, None)
+    run_until_signal(main_, None)
 
 
 def gateway_config(pumps: list[dict[str, Any]], state_dir: Path) -> str:
@@ -318,9 +312,7 @@ def rig_replay(file: Path, baud: int | None, as_json: bool) -> None:
             sys.stdout.flush()
             await stop.wait()
 
-    from .cli import _run_until_signal
-
-    _run_until_signal(main_, None)
+    run_until_signal(main_, None)
     if replayer.divergence is not None:
         click.echo(f"replay diverged: {replayer.divergence}", err=True)
         sys.exit(EXIT_FAILED)

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from pumpgw.drivers.modbus_map import load_builtin_map
+from pumpgw.drivers.modbus_map import DEFAULT_MAP, load_builtin_map
 from pumpgw.gateway.clock import Clock
 
 from .alaris_pump import EmulatedAlarisPump
@@ -46,7 +46,7 @@ from .physics import ADVISORY_ALARMS, STOPPING_ALARMS, InfusionChannel
 from .pty_link import PtyDeviceServer
 from .recording import Recorder
 
-REGISTER_MAP: Final = "rig-multichannel-v1"
+REGISTER_MAP: Final = DEFAULT_MAP  # the rig's reference pump speaks the drivers' default map
 PROTOCOLS: Final = ("modbus-tcp", "modbus-rtu", "newera", "alaris")
 #: Pump faults (not wire faults): what each does.
 PUMP_FAULTS: Final[Mapping[str, str]] = {
@@ -77,7 +77,6 @@ MODBUS_EXAMPLES = (
 )
 # The syringe pumps hold no drug name; a syringe pump at a typical rate.
 SYRINGE_EXAMPLE = ExampleInfusion("", None, "", Decimal("20"), Decimal("50"))
-NEWERA_EXAMPLE = SYRINGE_EXAMPLE  # the name earlier code and tests use
 
 
 @dataclass

@@ -8,11 +8,10 @@ from typing import Any
 
 from pumpgw.gateway.clock import Clock
 
+from .bench_rig import REGISTER_MAP
 from .pty_link import PtyDeviceServer
 from .recording import Replayer
 from .tcp_link import TcpDeviceServer
-
-REGISTER_MAP = "rig-multichannel-v1"
 
 
 @asynccontextmanager
