@@ -7,6 +7,9 @@ pyserial, aiomqtt, sqlite3, pydantic) are mapped to these at the boundary with `
     PumpGwError
     ├── ConfigError                 a configuration file or option is wrong (file, key, value, expected)
     ├── QuantityError               a clinical value is malformed: not exact, unknown unit, wrong dimension
+    ├── LibraryError                a drug library document is invalid (source, every problem with its path)
+    │   └── LibraryNotTrusted       a library's approvals do not verify against the trust store (reason)
+    ├── DersError                   a DERS evaluation was asked something meaningless (what, detail)
     ├── DriverError                 talking to a pump failed (pump, command)
     │   ├── NoResponse              the pump did not answer in time (timeout)
     │   ├── DeviceError             the pump answered with an error of its own (code, text)
@@ -25,6 +28,8 @@ machine. None of them is ever signalled by returning ``None`` or a string.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -59,6 +64,45 @@ class QuantityError(PumpGwError, ValueError):
         self.unit = unit
         self.reason = reason
         super().__init__(f"quantity {value!r} {unit!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryProblem:
+    """One problem in a drug library: where (``drugs[3].care_areas.icu.dose.soft_max``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class LibraryError(PumpGwError):
+    """The drug library from ``source`` is not valid. ``problems`` lists every problem found at once."""
+
+    def __init__(self, source: str, problems: Sequence[LibraryProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = f"drug library {source}: {count} problem{'s' if count != 1 else ''}"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class LibraryNotTrusted(LibraryError):
+    """The library's approvals do not verify: unsigned, unknown key, bad signature, missing role."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(source, [LibraryProblem("(approvals)", reason)])
+
+
+class DersError(PumpGwError):
+    """A DERS evaluation was asked something meaningless (not a limit breach: those are results)."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        self.detail = detail
+        super().__init__(f"DERS: {what}: {detail}")
 
 
 class DriverError(PumpGwError):

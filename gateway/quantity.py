@@ -21,54 +21,59 @@ from typing import Final
 
 from .errors import QuantityError
 
-# dimension name -> {UCUM code: factor to the dimension's first (base) unit}
-_DIMENSIONS: Final[dict[str, dict[str, Decimal]]] = {
-    "volume": {"mL": Decimal(1), "L": Decimal(1000), "uL": Decimal("0.001")},
-    "volume/time": {
-        "mL/h": Decimal(1),
-        "mL/min": Decimal(60),
-        "L/h": Decimal(1000),
-        "uL/h": Decimal("0.001"),
-        "uL/min": Decimal("0.06"),
-    },
-    "time": {"s": Decimal(1), "min": Decimal(60), "h": Decimal(3600)},
+# Amounts a drug is measured in, each with its units and their factor to the first (base) unit.
+# Dose units are built from these: amount [/ kg | / m2] [/ h | / min] (``ug/kg/min``), and so are
+# concentrations: amount / mL or L (``ug/mL``). Building them from one table keeps every factor exact
+# and the set of units consistent (if ``mg/kg/h`` exists, so does ``mg/kg/min``).
+_AMOUNTS: Final[dict[str, dict[str, Decimal]]] = {
     "mass": {"mg": Decimal(1), "g": Decimal(1000), "ug": Decimal("0.001"), "ng": Decimal("1E-6")},
-    "body mass": {"kg": Decimal(1), "g{body}": Decimal("0.001")},
-    "area": {"m2": Decimal(1)},
-    "mass/volume": {
-        "mg/mL": Decimal(1),
-        "ug/mL": Decimal("0.001"),
-        "g/L": Decimal(1),
-        "mg/L": Decimal("0.001"),
-        "g/mL": Decimal(1000),
-        "ng/mL": Decimal("1E-6"),
-    },
-    "units/volume": {"[iU]/mL": Decimal(1), "[iU]/L": Decimal("0.001")},
-    "substance/volume": {"mmol/mL": Decimal(1), "mmol/L": Decimal("0.001")},
-    "equivalents/volume": {"meq/mL": Decimal(1), "meq/L": Decimal("0.001")},
-    "units": {"[iU]": Decimal(1)},
-    "substance": {"mmol": Decimal(1)},
+    # [iU] is a metric unit in UCUM, so m[iU] (milli-units: oxytocin) is a valid code.
+    "units": {"[iU]": Decimal(1), "m[iU]": Decimal("0.001"), "k[iU]": Decimal(1000)},
+    "substance": {"mmol": Decimal(1), "umol": Decimal("0.001")},
     "equivalents": {"meq": Decimal(1)},
-    "mass/time": {
-        "mg/h": Decimal(1),
-        "mg/min": Decimal(60),
-        "ug/h": Decimal("0.001"),
-        "ug/min": Decimal("0.06"),
-        "g/h": Decimal(1000),
-    },
-    "mass/body mass/time": {
-        "mg/kg/h": Decimal(1),
-        "mg/kg/min": Decimal(60),
-        "ug/kg/h": Decimal("0.001"),
-        "ug/kg/min": Decimal("0.06"),
-    },
-    "units/time": {"[iU]/h": Decimal(1), "[iU]/min": Decimal(60)},
-    "units/body mass/time": {"[iU]/kg/h": Decimal(1), "[iU]/kg/min": Decimal(60)},
-    "substance/time": {"mmol/h": Decimal(1), "mmol/min": Decimal(60)},
-    "equivalents/time": {"meq/h": Decimal(1), "meq/min": Decimal(60)},
-    "pressure": {"mm[Hg]": Decimal(1)},
-    "ratio": {"%": Decimal(1)},
+    "volume": {"mL": Decimal(1), "L": Decimal(1000), "uL": Decimal("0.001")},
 }
+# Per patient: nothing, per kg of body mass, per m2 of body surface area.
+_BASES: Final[dict[str, tuple[str, Decimal]]] = {
+    "": ("", Decimal(1)),
+    "kg": ("/body mass", Decimal(1)),
+    "m2": ("/area", Decimal(1)),
+}
+# Per time, relative to per hour. No per day: 1/24 has no exact decimal form.
+_PER_TIME: Final[dict[str, Decimal]] = {"h": Decimal(1), "min": Decimal(60)}
+_CONC_VOLUMES: Final[dict[str, Decimal]] = {"mL": Decimal(1), "L": Decimal("0.001")}
+
+
+def _build_dimensions() -> dict[str, dict[str, Decimal]]:
+    dims: dict[str, dict[str, Decimal]] = {
+        "time": {"s": Decimal(1), "min": Decimal(60), "h": Decimal(3600)},
+        "body mass": {"kg": Decimal(1), "g{body}": Decimal("0.001")},
+        "area": {"m2": Decimal(1)},
+        "pressure": {"mm[Hg]": Decimal(1)},
+        "ratio": {"%": Decimal(1)},
+    }
+    for amount, units in _AMOUNTS.items():
+        for basis, (basis_dim, basis_factor) in _BASES.items():
+            suffix = f"/{basis}" if basis else ""
+            if basis:  # amount per patient, no time: a bolus of 1 ug/kg
+                dims.setdefault(f"{amount}{basis_dim}", {}).update(
+                    {f"{u}{suffix}": f * basis_factor for u, f in units.items()}
+                )
+            else:
+                dims.setdefault(amount, {}).update(units)
+            for per, time_factor in _PER_TIME.items():
+                dims.setdefault(f"{amount}{basis_dim}/time", {}).update(
+                    {f"{u}{suffix}/{per}": f * basis_factor * time_factor for u, f in units.items()}
+                )
+        if amount != "volume":
+            dims[f"{amount}/volume"] = {
+                f"{u}/{v}": f * vf for u, f in units.items() for v, vf in _CONC_VOLUMES.items()
+            }
+    return dims
+
+
+# dimension name -> {UCUM code: factor to the dimension's first (base) unit}
+_DIMENSIONS: Final[dict[str, dict[str, Decimal]]] = _build_dimensions()
 
 _UNIT_DIMENSION: Final[dict[str, str]] = {
     unit: dimension for dimension, units in _DIMENSIONS.items() for unit in units
@@ -88,6 +93,54 @@ def dimension_of(unit: str) -> str:
         return _UNIT_DIMENSION[unit]
     except KeyError:
         raise QuantityError("", unit, "unknown unit (not in the gateway's UCUM table)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitParts:
+    """A dose-like unit taken apart: ``ug/kg/min`` is amount ``ug`` per ``kg`` per ``min``.
+
+    ``amount_kind`` is ``mass``, ``units``, ``substance``, ``equivalents`` or ``volume``.
+    """
+
+    amount: str
+    amount_kind: str
+    basis: str | None  # "kg", "m2" or None
+    per_time: str | None  # "h", "min" or None
+
+
+def base_value(q: Quantity) -> Decimal:
+    """``q``'s value in its dimension's base unit (exact), to compare quantities in different units."""
+    return q.value * _DIMENSIONS[q.dimension][q.unit]
+
+
+def unit_parts(unit: str) -> UnitParts:
+    """Take a dose, bolus or rate unit apart. Raises QuantityError if ``unit`` is not one of those."""
+    dimension_of(unit)
+    pieces = unit.split("/")
+    amount = pieces[0]
+    kind = next((k for k, units in _AMOUNTS.items() if amount in units), None)
+    rest = pieces[1:]
+    basis = rest.pop(0) if rest and rest[0] in _BASES and rest[0] else None
+    per_time = rest.pop(0) if rest and rest[0] in _PER_TIME else None
+    if kind is None or rest:
+        raise QuantityError("", unit, "not a dose, bolus or rate unit (amount [/kg|/m2] [/h|/min])")
+    return UnitParts(amount, kind, basis, per_time)
+
+
+def amount_factor(unit: str) -> Decimal:
+    """The exact factor of an amount unit to its kind's base unit (``ug`` -> 0.001, base ``mg``)."""
+    for units in _AMOUNTS.values():
+        if unit in units:
+            return units[unit]
+    raise QuantityError("", unit, "not an amount unit")
+
+
+def time_factor_per_hour(unit: str) -> Decimal:
+    """How many of ``unit`` per hour are one per ``unit`` (``min`` -> 60)."""
+    try:
+        return _PER_TIME[unit]
+    except KeyError:
+        raise QuantityError("", unit, "not a per-time unit (h or min)") from None
 
 
 @dataclass(frozen=True, slots=True)
