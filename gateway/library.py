@@ -57,10 +57,13 @@ def quantity_text(q: Quantity) -> str:
 
 
 def _to_quantity(value: Any) -> Quantity:
+    # ValueError (not TypeError) on purpose: pydantic reports it as a problem with its path.
     if isinstance(value, Quantity):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected text such as '50 ug/mL' (a number, a space, a UCUM unit), not {value!r}")
+        raise ValueError(  # noqa: TRY004
+            f"expected text such as '50 ug/mL' (a number, a space, a UCUM unit), not {value!r}"
+        )
     try:
         return Quantity.parse(value)
     except QuantityError as exc:
@@ -268,7 +271,9 @@ def parse_library(raw: bytes, source: str) -> Library:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LibraryError(source, [LibraryProblem("(file)", f"not UTF-8 text at byte {exc.start}")]) from None
+        raise LibraryError(
+            source, [LibraryProblem("(file)", f"not UTF-8 text at byte {exc.start}")]
+        ) from None
     try:
         if text.lstrip().startswith("{"):
             data = json.loads(text, parse_float=Decimal)
@@ -292,9 +297,9 @@ def document_data(doc: LibraryDocument) -> dict[str, Any]:
 
 def canonical_bytes(doc: LibraryDocument) -> bytes:
     """The canonical form the hash and signatures are computed over (see the module docstring)."""
-    return json.dumps(
-        document_data(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return json.dumps(document_data(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def library_hash(doc: LibraryDocument) -> str:

@@ -21,7 +21,8 @@ checks:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import Context, Decimal
+from itertools import pairwise
 
 from .errors import LibraryProblem, QuantityError
 from .library import Concentration, Drug, LibraryDocument, Limits, canonical_number
@@ -33,6 +34,7 @@ _BSA_RANGE = (Quantity(Decimal("0.05"), "m2"), Quantity(Decimal(5), "m2"))
 
 
 _cmp_value = base_value
+_CTX34 = Context(prec=34)
 
 #: Codes that identify one product (one concentration): no two entries may share one. An RxNorm
 #: code may name an ingredient (fentanyl, 4337) and so be shared by every concentration of it.
@@ -60,7 +62,9 @@ class _Checker:
         allowed = set(dimensions)
         items = limits.items()
         if not items:
-            self.add(path, f"{what}: no limit set (give at least one of hard_min, soft_min, soft_max, hard_max)")
+            self.add(
+                path, f"{what}: no limit set (give at least one of hard_min, soft_min, soft_max, hard_max)"
+            )
             return
         good: list[tuple[str, Quantity]] = []
         for name, q in items:
@@ -80,7 +84,7 @@ class _Checker:
         if len({q.dimension for _, q in good}) > 1:
             self.add(path, f"{what}: limits in different dimensions ({', '.join(str(q) for _, q in good)})")
             return
-        for (lo_name, lo), (hi_name, hi) in zip(good, good[1:], strict=False):
+        for (lo_name, lo), (hi_name, hi) in pairwise(good):
             if _cmp_value(lo) > _cmp_value(hi):
                 self.add(
                     f"{path}.{hi_name}",
@@ -88,7 +92,9 @@ class _Checker:
                     + (" (soft limits must lie inside the hard ones)" if "soft" in lo_name + hi_name else ""),
                 )
 
-    def in_range(self, path: str, limits: Limits | None, bounds: tuple[Quantity, Quantity], what: str) -> None:
+    def in_range(
+        self, path: str, limits: Limits | None, bounds: tuple[Quantity, Quantity], what: str
+    ) -> None:
         if limits is None:
             return
         lo, hi = bounds
@@ -126,21 +132,31 @@ def _check_concentration(c: _Checker, path: str, drug: Drug, kind: str | None) -
         return
     fixed = conc.amount is not None or conc.volume is not None
     if fixed and conc.variable:
-        c.add(f"{path}.concentration", f"{drug.id}: a concentration is either fixed (amount, volume) or variable (min, max), not both")
+        c.add(
+            f"{path}.concentration",
+            f"{drug.id}: a concentration is either fixed (amount, volume) or variable (min, max), not both",
+        )
         return
     if not conc.variable:
         if conc.amount is None or conc.volume is None:
             c.add(f"{path}.concentration", f"{drug.id}: a fixed concentration needs amount and volume")
             return
         if conc.min is not None or conc.max is not None:
-            c.add(f"{path}.concentration", f"{drug.id}: min and max belong to a variable concentration (variable = true)")
+            c.add(
+                f"{path}.concentration",
+                f"{drug.id}: min and max belong to a variable concentration (variable = true)",
+            )
         amount_dim = conc.amount.dimension
         if amount_dim not in ("mass", "units", "substance", "equivalents"):
-            c.add(f"{path}.concentration.amount", f"{drug.id}: {conc.amount} is not a drug amount (mass, units, mmol or meq)")
+            c.add(
+                f"{path}.concentration.amount",
+                f"{drug.id}: {conc.amount} is not a drug amount (mass, units, mmol or meq)",
+            )
         elif kind not in (None, "volume", amount_dim):
             c.add(
                 f"{path}.concentration.amount",
-                f"{drug.id}: {conc.amount} ({amount_dim}) does not fit the dose unit {drug.dose_unit} ({kind})",
+                f"{drug.id}: {conc.amount} ({amount_dim}) does not fit "
+                f"the dose unit {drug.dose_unit} ({kind})",
             )
         if conc.volume.dimension != "volume":
             c.add(f"{path}.concentration.volume", f"{drug.id}: {conc.volume} is not a volume")
@@ -154,16 +170,23 @@ def _check_concentration(c: _Checker, path: str, drug: Drug, kind: str | None) -
     conc_kind = _concentration_kind(conc)
     for name, q in (("min", conc.min), ("max", conc.max)):
         if not q.dimension.endswith("/volume") or q.dimension == "volume/volume":
-            c.add(f"{path}.concentration.{name}", f"{drug.id}: {q} is not a concentration (amount per volume)")
+            c.add(
+                f"{path}.concentration.{name}", f"{drug.id}: {q} is not a concentration (amount per volume)"
+            )
             return
         if q.value <= 0:
             c.add(f"{path}.concentration.{name}", f"{drug.id}: {q} must be above zero")
     if conc.min.dimension != conc.max.dimension:
-        c.add(f"{path}.concentration", f"{drug.id}: min {conc.min} and max {conc.max} are different dimensions")
+        c.add(
+            f"{path}.concentration", f"{drug.id}: min {conc.min} and max {conc.max} are different dimensions"
+        )
     elif _cmp_value(conc.min) > _cmp_value(conc.max):
         c.add(f"{path}.concentration.max", f"{drug.id}: max {conc.max} is below min {conc.min}")
     if kind not in (None, "volume") and conc_kind != kind:
-        c.add(f"{path}.concentration", f"{drug.id}: a {conc_kind} concentration does not fit the dose unit {drug.dose_unit}")
+        c.add(
+            f"{path}.concentration",
+            f"{drug.id}: a {conc_kind} concentration does not fit the dose unit {drug.dose_unit}",
+        )
 
 
 def _check_drug(c: _Checker, i: int, drug: Drug, areas: set[str]) -> None:
@@ -189,17 +212,28 @@ def _check_drug(c: _Checker, i: int, drug: Drug, areas: set[str]) -> None:
             continue
         parts = unit_parts(unit)
         if parts.per_time is not None:
-            c.add(f"{path}.{key}", f"{drug.id}: {unit} is a rate; a {key.split('_')[0]} is an amount (ug, ug/kg, mL)")
+            c.add(
+                f"{path}.{key}",
+                f"{drug.id}: {unit} is a rate; a {key.split('_')[0]} is an amount (ug, ug/kg, mL)",
+            )
         elif kind is not None and parts.amount_kind not in (kind, "volume"):
-            c.add(f"{path}.{key}", f"{drug.id}: {unit} ({parts.amount_kind}) does not fit the dose unit {drug.dose_unit} ({kind})")
+            c.add(
+                f"{path}.{key}",
+                f"{drug.id}: {unit} ({parts.amount_kind}) does not fit "
+                f"the dose unit {drug.dose_unit} ({kind})",
+            )
         if parts.basis:
             bases.add(parts.basis)
     _check_concentration(c, path, drug, kind)
 
     dose_dims = [dimension_of(drug.dose_unit)] if kind else []
-    bolus_dims = [dimension_of(drug.bolus_unit)] if drug.bolus_unit and not _unit_problem(drug.bolus_unit) else []
+    bolus_dims = (
+        [dimension_of(drug.bolus_unit)] if drug.bolus_unit and not _unit_problem(drug.bolus_unit) else []
+    )
     loading_dims = (
-        [dimension_of(drug.loading_unit)] if drug.loading_unit and not _unit_problem(drug.loading_unit) else []
+        [dimension_of(drug.loading_unit)]
+        if drug.loading_unit and not _unit_problem(drug.loading_unit)
+        else []
     )
     bolus_rate_dims = ["volume/time"]
     if kind:
@@ -226,9 +260,15 @@ def _check_drug(c: _Checker, i: int, drug: Drug, areas: set[str]) -> None:
         c.limits(f"{ap}.bsa", rules.bsa, ["area"], f"{drug.id} body surface area")
         c.in_range(f"{ap}.bsa", rules.bsa, _BSA_RANGE, f"{drug.id} body surface area")
         if "kg" in bases and rules.weight_required is False:
-            c.add(f"{ap}.weight_required", f"{drug.id}: dosing per kg needs the patient's weight; weight_required cannot be false")
+            c.add(
+                f"{ap}.weight_required",
+                f"{drug.id}: dosing per kg needs the patient's weight; weight_required cannot be false",
+            )
         if rules.dose is None:
-            c.add(f"{ap}.dose", f"{drug.id}: no dose limits in this care area (an entry must limit the continuous dose)")
+            c.add(
+                f"{ap}.dose",
+                f"{drug.id}: no dose limits in this care area (an entry must limit the continuous dose)",
+            )
 
 
 def _duplicates(c: _Checker, path: str, values: Iterable[tuple[int, str]], what: str) -> None:
@@ -248,7 +288,11 @@ def _concentration_key(drug: Drug) -> str:
         return f"variable {conc.min}..{conc.max}"
     if conc.amount is None or conc.volume is None:
         return "?"
-    return f"{canonical_number(_cmp_value(conc.amount))}/{canonical_number(_cmp_value(conc.volume))} {conc.amount.dimension}"
+    if conc.volume.value <= 0:
+        return "?"
+    # Per mL in base units, so 2500 ug in 50 mL and 50 ug in 1 mL are the same concentration.
+    per_ml = _CTX34.divide(_cmp_value(conc.amount), _cmp_value(conc.volume))
+    return f"{canonical_number(per_ml)} {conc.amount.dimension}/mL"
 
 
 def check_document(doc: LibraryDocument) -> list[LibraryProblem]:
@@ -256,7 +300,9 @@ def check_document(doc: LibraryDocument) -> list[LibraryProblem]:
     c = _Checker()
     _duplicates(c, "care_areas", ((i, a.id) for i, a in enumerate(doc.care_areas)), "care area id")
     _duplicates(c, "drugs", ((i, d.id) for i, d in enumerate(doc.drugs)), "drug id")
-    _duplicates(c, "override_reasons", enumerate(r.strip().lower() for r in doc.override_reasons), "override reason")
+    _duplicates(
+        c, "override_reasons", enumerate(r.strip().lower() for r in doc.override_reasons), "override reason"
+    )
     _duplicates(c, "pump_libraries", ((i, p.model) for i, p in enumerate(doc.pump_libraries)), "pump model")
     _duplicates(
         c,
@@ -274,13 +320,21 @@ def check_document(doc: LibraryDocument) -> list[LibraryProblem]:
                     continue
                 owner = code_owner.setdefault((system, code), drug.id)
                 if owner != drug.id:
-                    c.add(f"drugs[{i}].codes.{system}", f"{drug.id}: {system} code {code} is also the code of {owner}")
+                    c.add(
+                        f"drugs[{i}].codes.{system}",
+                        f"{drug.id}: {system} code {code} is also the code of {owner}",
+                    )
     areas = {a.id for a in doc.care_areas}
     for i, area in enumerate(doc.care_areas):
-        c.limits(f"care_areas[{i}].basic_rate", area.basic_rate, ["volume/time"], f"{area.id} basic infusion rate")
+        c.limits(
+            f"care_areas[{i}].basic_rate", area.basic_rate, ["volume/time"], f"{area.id} basic infusion rate"
+        )
         c.limits(f"care_areas[{i}].basic_vtbi", area.basic_vtbi, ["volume"], f"{area.id} basic infusion VTBI")
         if area.basic_infusion == "allowed" and (area.basic_rate is None or area.basic_rate.hard_max is None):
-            c.add(f"care_areas[{i}].basic_rate", f"{area.id}: basic infusions are allowed, so a rate hard_max is required")
+            c.add(
+                f"care_areas[{i}].basic_rate",
+                f"{area.id}: basic infusions are allowed, so a rate hard_max is required",
+            )
     for i, drug in enumerate(doc.drugs):
         _check_drug(c, i, drug, areas)
     return c.problems
