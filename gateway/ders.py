@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from functools import cache
 from typing import Any, Final
 
 from .dose import DEFAULT_RATE_RESOLUTION, Concentration, MissingFactor, convert, round_rate
@@ -109,10 +110,14 @@ def say(q: Quantity | None) -> str:
     """A quantity in words a nurse reads without ambiguity: ``300 microgram/h``, ``80 units/kg``."""
     if q is None:
         return "(none)"
-    parts = q.unit.split("/")
+    return f"{_number(q.value)} {_unit_words(q.unit)}"
+
+
+@cache
+def _unit_words(unit: str) -> str:
+    parts = unit.split("/")
     first = _WORDS.get(parts[0], _WORDS_PART.get(parts[0], parts[0]))
-    rest = [_WORDS_PART.get(p, p) for p in parts[1:]]
-    return f"{_number(q.value)} {'/'.join([first, *rest])}"
+    return "/".join([first, *(_WORDS_PART.get(p, p) for p in parts[1:])])
 
 
 def say_concentration(c: Concentration) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, Inexact, InvalidOperation, localcontext
+from functools import cache
 from typing import Final
 
 from .errors import QuantityError
@@ -113,6 +114,7 @@ def base_value(q: Quantity) -> Decimal:
     return q.value * _DIMENSIONS[q.dimension][q.unit]
 
 
+@cache  # a handful of unit codes, asked for on every dose check
 def unit_parts(unit: str) -> UnitParts:
     """Take a dose, bolus or rate unit apart. Raises QuantityError if ``unit`` is not one of those."""
     dimension_of(unit)
@@ -127,12 +129,15 @@ def unit_parts(unit: str) -> UnitParts:
     return UnitParts(amount, kind, basis, per_time)
 
 
+_AMOUNT_FACTORS: Final[dict[str, Decimal]] = {u: f for units in _AMOUNTS.values() for u, f in units.items()}
+
+
 def amount_factor(unit: str) -> Decimal:
     """The exact factor of an amount unit to its kind's base unit (``ug`` -> 0.001, base ``mg``)."""
-    for units in _AMOUNTS.values():
-        if unit in units:
-            return units[unit]
-    raise QuantityError("", unit, "not an amount unit")
+    try:
+        return _AMOUNT_FACTORS[unit]
+    except KeyError:
+        raise QuantityError("", unit, "not an amount unit") from None
 
 
 def time_factor_per_hour(unit: str) -> Decimal:
