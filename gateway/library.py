@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -42,7 +43,8 @@ from .quantity import Quantity
 LIBRARY_FORMAT: Final = "pumpgw-drug-library/1"
 
 _ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-_QUANTITY_PATTERN: Final = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)? +\S+$"
+_QUANTITY_PATTERN: Final = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)? +\S+$"
+_QUANTITY_RE: Final = re.compile(_QUANTITY_PATTERN)
 
 
 def canonical_number(value: Decimal) -> str:
@@ -64,6 +66,8 @@ def _to_quantity(value: Any) -> Quantity:
         raise ValueError(  # noqa: TRY004
             f"expected text such as '50 ug/mL' (a number, a space, a UCUM unit), not {value!r}"
         )
+    if not _QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a quantity: expected a number, a space and a UCUM unit ('50 ug/mL')")
     try:
         return Quantity.parse(value)
     except QuantityError as exc:
@@ -82,7 +86,9 @@ Text = Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "no" is not a boolean and "7" is not a version; what the published schema refuses,
+    # the parser refuses too (tests/test_library_schema.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Limits(_Doc):

@@ -4,12 +4,13 @@ Run on a document whose shape is already valid (:mod:`.library`). It never stops
 problem: a pharmacist fixing a 2,000-entry spreadsheet needs the whole list in one go. What it
 checks:
 
-- limits: soft inside hard (``hard_min <= soft_min <= soft_max <= hard_max``), one dimension per
-  limit set and the one its parameter needs, no negative values, maxima above zero;
+- limits: every entry sets a hard maximum dose in each care area; soft inside hard
+  (``hard_min <= soft_min <= soft_max <= hard_max``), one dimension per limit set and the one its
+  parameter needs, no negative values, maxima above zero;
 - dosing mode: the dose unit is a rate (per h or per min); an amount-based dose needs a
   concentration of the same amount kind (mass with mass, units with units); bolus and loading
   units are amounts of that kind; per-kg units need weight (``weight_required`` may not say
-  otherwise) and per-m2 units need body surface area;
+  otherwise); per-m2 units need the body surface area at the bedside (DERS blocks without it);
 - concentrations: fixed (amount and volume, both above zero) or variable (min and max, min <= max),
   never both;
 - references: every care area an entry names exists;
@@ -60,6 +61,8 @@ class _Checker:
         if limits is None:
             return
         allowed = set(dimensions)
+        if not allowed:
+            return  # the unit these limits would be in is itself wrong, and reported once, there
         items = limits.items()
         if not items:
             self.add(
@@ -264,10 +267,10 @@ def _check_drug(c: _Checker, i: int, drug: Drug, areas: set[str]) -> None:
                 f"{ap}.weight_required",
                 f"{drug.id}: dosing per kg needs the patient's weight; weight_required cannot be false",
             )
-        if rules.dose is None:
+        if rules.dose is None or rules.dose.hard_max is None:
             c.add(
                 f"{ap}.dose",
-                f"{drug.id}: no dose limits in this care area (an entry must limit the continuous dose)",
+                f"{drug.id}: no hard maximum dose in this care area (every entry must set dose.hard_max)",
             )
 
 
@@ -285,7 +288,9 @@ def _concentration_key(drug: Drug) -> str:
     if conc is None:
         return "-"
     if conc.variable:
-        return f"variable {conc.min}..{conc.max}"
+        if conc.min is None or conc.max is None:
+            return "?"
+        return f"variable {canonical_number(_cmp_value(conc.min))}..{canonical_number(_cmp_value(conc.max))}"
     if conc.amount is None or conc.volume is None:
         return "?"
     if conc.volume.value <= 0:

@@ -144,6 +144,7 @@ async def test_read_status_of_an_idle_pump(rig: Rig) -> None:
 # -- programming and infusing ---------------------------------------------------------------------
 
 
+@pytest.mark.hazard("HAZ-015")
 async def test_program_takes_remote_control_and_reads_back(rig: Rig) -> None:
     before = len(rig.sent())
     await rig.driver.program(1, _program("60", "5"))
@@ -218,6 +219,7 @@ async def test_a_vtbi_of_zero_is_a_continuous_infusion(rig: Rig) -> None:
     assert status.state is ChannelState.INFUSING
 
 
+@pytest.mark.hazard("HAZ-012")
 async def test_a_value_the_format_cannot_hold_is_refused_before_sending(rig: Rig) -> None:
     sent = rig.server.bytes_received
     with pytest.raises(QuantityError, match="more than 2 decimals"):
@@ -397,6 +399,8 @@ async def test_a_lost_reply_to_a_read_is_asked_again(rig: Rig) -> None:
     assert rig.sent()[2:] == [("COMMS_PROTOCOL",), ("COMMS_PROTOCOL",), ("INST_SERIALNO",)]
 
 
+@pytest.mark.hazard("HAZ-014")
+@pytest.mark.hazard("HAZ-015")
 async def test_a_write_is_never_sent_twice_and_the_next_write_reads_the_pump_first(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -427,6 +431,7 @@ async def test_a_write_is_never_sent_twice_and_the_next_write_reads_the_pump_fir
     assert rig.sent().count(("INF_START",)) == 1
 
 
+@pytest.mark.hazard("HAZ-015")
 async def test_a_status_read_settles_an_unknown_write(rig: Rig) -> None:
     await rig.driver.program(1, _program("60", "5"))
     rig.pump.fail_reply_to("INF_START", ReplyFault.CORRUPT_CRC)

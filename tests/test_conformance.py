@@ -137,6 +137,7 @@ async def test_a_channel_the_pump_does_not_have_is_refused_before_anything_is_se
         await under_test.driver.start(identity.channels + 1)
 
 
+@pytest.mark.hazard("HAZ-012")
 async def test_an_impossible_programme_is_refused_not_rounded(under_test: UnderTest) -> None:
     await under_test.driver.stop(1)
     if under_test.protocol == "newera":
@@ -214,6 +215,7 @@ async def test_a_reply_later_than_the_timeout_is_never_taken_for_the_next_one(un
     assert channels[0].volume_infused.value > before.volume_infused.value  # fresh, not the late one
 
 
+@pytest.mark.hazard("HAZ-014")
 async def test_a_disconnect_is_no_response_and_the_link_comes_back_after_it(under_test: UnderTest) -> None:
     under_test.rig.set_fault(under_test.pump.id, "disconnect", seconds=10)
     with pytest.raises(DriverError):

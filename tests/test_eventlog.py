@@ -27,6 +27,7 @@ def store(tmp_path: Path) -> Iterator[EventStore]:
     s.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_append_assigns_seq_ids_times_and_chain(store: EventStore) -> None:
     events = store.append(new(3))
     assert [e.seq for e in events] == [1, 2, 3]
@@ -38,6 +39,7 @@ def test_append_assigns_seq_ids_times_and_chain(store: EventStore) -> None:
     assert store.verify() == 3
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_ids_stay_ordered_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
     clock = FakeClock()
     s = EventStore(tmp_path / "e.sqlite3", "gw", clock)
@@ -48,6 +50,7 @@ def test_ids_stay_ordered_when_the_wall_clock_steps_back(tmp_path: Path) -> None
     s.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_the_chain_continues_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "e.sqlite3"
     s = EventStore(path, "gw", FakeClock())
@@ -59,6 +62,7 @@ def test_the_chain_continues_after_reopening(tmp_path: Path) -> None:
     s.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_wal_and_full_sync_are_in_force(store: EventStore) -> None:
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -72,6 +76,7 @@ def tamper(path: Path, sql: str) -> None:
     db.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_an_edited_payload_is_found_and_named(store: EventStore) -> None:
     store.append(new(5))
     tamper(store.path, "UPDATE events SET payload = '{\"n\": 99}' WHERE seq = 3")
@@ -81,6 +86,7 @@ def test_an_edited_payload_is_found_and_named(store: EventStore) -> None:
     assert "edited" in str(info.value)
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_a_deleted_event_is_found_and_named(store: EventStore) -> None:
     store.append(new(5))
     tamper(store.path, "DELETE FROM events WHERE seq = 2")
@@ -90,6 +96,7 @@ def test_a_deleted_event_is_found_and_named(store: EventStore) -> None:
     assert "missing" in str(info.value)
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_reordered_events_are_found(store: EventStore) -> None:
     store.append(new(3))
     # Swap the content of events 2 and 3 (keeping seq numbers): the chain no longer links.
@@ -130,6 +137,7 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
         EventStore(blocker / "events.sqlite3", "gw", FakeClock())
 
 
+@pytest.mark.hazard("HAZ-013")
 async def test_async_append_returns_after_commit_and_groups_commits(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "e.sqlite3", "gw", FakeClock())
     signal = asyncio.Event()
@@ -151,6 +159,7 @@ async def test_async_append_returns_after_commit_and_groups_commits(tmp_path: Pa
         await log.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 async def test_events_queued_at_stop_are_still_committed(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "e.sqlite3", "gw", FakeClock())
     ready = asyncio.Event()
@@ -164,6 +173,7 @@ async def test_events_queued_at_stop_are_still_committed(tmp_path: Path) -> None
     await log.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 async def test_a_payload_that_is_not_json_is_refused_to_its_caller_only(tmp_path: Path) -> None:
     # Found in review: a Decimal in a payload killed the writer and lost the other events.
     from decimal import Decimal
@@ -187,6 +197,7 @@ async def test_a_payload_that_is_not_json_is_refused_to_its_caller_only(tmp_path
         await log.close()
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_a_damaged_payload_is_named_not_a_traceback(store: EventStore) -> None:
     store.append(new(3))
     tamper(store.path, "UPDATE events SET payload = '{oops' WHERE seq = 2")
@@ -197,6 +208,7 @@ def test_a_damaged_payload_is_named_not_a_traceback(store: EventStore) -> None:
         store.read_after(0)
 
 
+@pytest.mark.hazard("HAZ-013")
 def test_verify_file_is_read_only_and_reports_the_end_of_the_chain(tmp_path: Path) -> None:
     from pumpgw.gateway.eventlog import verify_file
 

@@ -283,6 +283,7 @@ async def test_a_pump_that_refuses_remote_control_gives_a_device_error(
     assert pump.channel(1).state is ChannelState.PAUSED
 
 
+@pytest.mark.hazard("HAZ-014")
 async def test_a_poll_reports_a_comm_loss_once_then_the_heartbeat_ends_it(
     driver: ModbusTcpDriver, pump: EmulatedModbusPump, clock: FakeClock
 ) -> None:

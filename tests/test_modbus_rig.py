@@ -143,6 +143,7 @@ async def test_volume_infused_follows_the_clock_exactly(driver: ModbusTcpDriver,
     assert one.state is ChannelState.IDLE
 
 
+@pytest.mark.hazard("HAZ-015")
 async def test_a_program_is_written_once_and_read_back(
     driver: ModbusTcpDriver, pump: EmulatedModbusPump
 ) -> None:
@@ -157,6 +158,7 @@ async def test_a_program_is_written_once_and_read_back(
     assert reported(pump, "last_sequence", 2) == 1
 
 
+@pytest.mark.hazard("HAZ-015")
 async def test_a_readback_difference_is_a_device_error(driver: ModbusTcpDriver) -> None:
     with pytest.raises(DeviceError) as caught:
         await driver.program(1, prog("5", "50", drug="Heparin", extra={"drug_id": str(HEPARIN)}))
@@ -198,6 +200,7 @@ async def test_start_without_a_rate_is_refused(driver: ModbusTcpDriver) -> None:
     assert (caught.value.code, caught.value.command) == ("rejected-state", "start channel 1")
 
 
+@pytest.mark.hazard("HAZ-012")
 async def test_values_the_map_cannot_carry_are_refused_before_sending(
     driver: ModbusTcpDriver, pump: EmulatedModbusPump
 ) -> None:
@@ -373,6 +376,8 @@ class LosingProxy:
         writer.close()
 
 
+@pytest.mark.hazard("HAZ-014")
+@pytest.mark.hazard("HAZ-015")
 async def test_a_write_whose_reply_is_lost_is_not_sent_again(
     server: ModbusPumpServer, pump: EmulatedModbusPump
 ) -> None:

@@ -140,6 +140,7 @@ async def test_events_arrive_in_order_with_retained_gateway_and_pump_status(
     assert json.loads(status[0])["state"] == "offline"
 
 
+@pytest.mark.hazard("HAZ-013")
 async def test_nothing_is_lost_across_a_broker_outage(broker: MosquittoBroker, eventlog: EventLog) -> None:
     pub = publisher(broker, eventlog)
     collector = Collector(broker, pub.events_topic)

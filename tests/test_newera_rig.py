@@ -228,6 +228,7 @@ async def test_an_out_of_range_rate_is_the_pumps_error_with_its_code(rig: Rig) -
     assert caught.value.command == "RAT2000MH"
 
 
+@pytest.mark.hazard("HAZ-012")
 async def test_a_rate_the_format_cannot_hold_is_refused_before_sending(rig: Rig) -> None:
     sent = rig.server.bytes_received
     with pytest.raises(QuantityError, match="at most 3"):
@@ -342,6 +343,7 @@ async def test_safe_mode_timeout_stops_the_pump_when_the_host_goes_quiet(rig: Ri
     assert status.volume_infused == Quantity(Decimal("0.167"), "mL")
 
 
+@pytest.mark.hazard("HAZ-014")
 async def test_polling_every_half_timeout_keeps_the_pump_running(rig: Rig) -> None:
     await rig.driver.program(1, _program("60", "5"))
     await rig.driver.start(1)

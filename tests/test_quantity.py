@@ -18,6 +18,7 @@ def test_parse_and_str_round_trip() -> None:
     assert str(q) == "5.5 mL/h"
 
 
+@pytest.mark.hazard("HAZ-012")
 def test_float_is_refused_with_the_value_named() -> None:
     with pytest.raises(QuantityError, match="floats are not exact") as info:
         Quantity(0.1, "mL")  # type: ignore[arg-type]
@@ -37,6 +38,7 @@ def test_malformed_text_is_refused(text: str) -> None:
         Quantity.parse(text)
 
 
+@pytest.mark.hazard("HAZ-008")
 def test_unknown_unit_is_refused() -> None:
     with pytest.raises(QuantityError, match="unknown unit") as info:
         Quantity.of("5", "ml/hr")
@@ -48,17 +50,20 @@ def test_bool_is_not_a_number() -> None:
         Quantity.of(True, "mL")
 
 
+@pytest.mark.hazard("HAZ-012")
 def test_conversion_is_exact() -> None:
     # 0.1 ug/kg/min is 6 ug/kg/h exactly; in binary floats 0.1 * 60 is 6.000000000000001.
     assert Quantity.of("0.1", "ug/kg/min").to("ug/kg/h").value == Decimal("6")
     assert Quantity.of("250", "uL/min").to("mL/h").value == Decimal("15")
 
 
+@pytest.mark.hazard("HAZ-012")
 def test_conversion_that_would_round_is_refused() -> None:
     with pytest.raises(QuantityError, match="no exact decimal value in uL/min"):
         Quantity.of("1", "mL/h").to("uL/min")
 
 
+@pytest.mark.hazard("HAZ-008")
 def test_conversion_across_dimensions_is_refused() -> None:
     with pytest.raises(QuantityError, match="cannot convert"):
         Quantity.of("5", "mg/h").to("mL/h")
