@@ -17,6 +17,7 @@ import click
 from .cli_common import EXIT_CONFIG, default_state_dir, fail, run_until_signal
 from .clock import SystemClock
 from .errors import ConfigError, PumpGwError
+from .library_cli import library
 from .logs import setup_logging
 from .rig_cli import rig
 
@@ -123,6 +124,7 @@ def run(ctx: click.Context, config_path: Path) -> None:
 
 
 main.add_command(rig)
+main.add_command(library)
 
 
 @main.group()
