@@ -67,7 +67,9 @@ def _to_quantity(value: Any) -> Quantity:
             f"expected text such as '50 ug/mL' (a number, a space, a UCUM unit), not {value!r}"
         )
     if not _QUANTITY_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a quantity: expected a number, a space and a UCUM unit ('50 ug/mL')")
+        raise ValueError(
+            f"{value!r} is not a quantity: expected a number, a space and a UCUM unit ('50 ug/mL')"
+        )
     try:
         return Quantity.parse(value)
     except QuantityError as exc:
