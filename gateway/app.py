@@ -1,16 +1,25 @@
 """Assembling the gateway from its configuration: drivers, pollers, event log, monitor, MQTT.
 
 :class:`Gateway` builds the parts in the order the supervisor starts them (event log first, so
-everything after it can write events; pollers last) and runs them until asked to stop.
+everything after it can write events; then the drug library, so pumps are judged against it from
+their first identification; pollers last) and runs them until asked to stop.
+
+The drug library (:class:`LibraryPart`): the active library that ``pumpgw library install`` put in
+``[library] dir`` is read and verified against ``[library] trust_store`` on start and again whenever
+one of those files changes (checked every :data:`LIBRARY_CHECK_S` seconds, on the local disk only).
+Success writes ``library.loaded``; any problem writes ``library.unavailable`` with the reason and
+the gateway goes on monitoring pumps without a library: a library problem never stops monitoring
+and never touches a running infusion, it only makes auto-programming unavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pumpgw.drivers.base import PumpDriver
 
@@ -18,14 +27,16 @@ from .clock import Clock
 from .config import (
     AlarisPumpConfig,
     GatewayConfig,
+    LibrarySection,
     ModbusRtuPumpConfig,
     ModbusTcpPumpConfig,
     NewEraPumpConfig,
     PumpConfig,
 )
-from .errors import ConfigError, PumpGwError
+from .errors import ConfigError, EventLogError, LibraryError, PumpGwError
 from .eventlog import EventLog
 from .events import EventType
+from .library_fitness import LibraryState
 from .monitor import BedsideMonitor
 from .mqtt import MqttPublisher
 from .poller import PumpPoller
@@ -37,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_LOG_NAME = "events.sqlite3"
+#: How often the library part looks whether the library, its approvals or the trust store changed.
+LIBRARY_CHECK_S = 10.0
 
 
 def make_driver(pump: PumpConfig) -> PumpDriver:
@@ -125,6 +138,175 @@ class EventLogPart:
             await asyncio.shield(self.events.close())
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line, for an event payload and a status line."""
+    if isinstance(exc, LibraryError):
+        return f"drug library {exc.source}: " + "; ".join(str(p) for p in exc.problems)
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def load_library(section: LibrarySection, directory: Path) -> LibraryState:
+    """Read the trust store and the active library in ``directory`` and verify them, now.
+
+    Blocking file I/O: call it on a thread. Never raises for a library problem: the state says why
+    there is no library.
+    """
+    from .library_signing import parse_trust_store
+    from .library_store import LibraryStore
+
+    if section.trust_store is None:
+        return LibraryState(
+            None,
+            "no trust store is configured ([library] trust_store), so no drug library can be verified",
+            section.required,
+        )
+    try:
+        raw = section.trust_store.read_bytes()
+    except OSError as exc:
+        return LibraryState(
+            None,
+            f"cannot read the trust store {section.trust_store} ([library] trust_store): "
+            f"{exc.strerror or exc}",
+            section.required,
+        )
+    try:
+        trust = parse_trust_store(raw, str(section.trust_store))
+        verified = LibraryStore(directory).load_active(trust)
+    except PumpGwError as exc:
+        return LibraryState(None, _one_line(exc), section.required)
+    return LibraryState(verified, None, section.required)
+
+
+_Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+class LibraryPart:
+    """The drug library as a supervised part: loads it on start and again when its files change.
+
+    Ready once the first load is done (whatever its outcome), so pollers start with the library
+    known. Each change of state writes one event (``library.loaded`` or ``library.unavailable``)
+    and makes the monitor judge every pump again.
+    """
+
+    name = "library"
+
+    def __init__(
+        self,
+        section: LibrarySection,
+        directory: Path,
+        events: EventLog,
+        monitor: BedsideMonitor,
+        *,
+        publish: Callable[[dict[str, Any]], None] | None = None,
+        check_every_s: float = LIBRARY_CHECK_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._section = section
+        self._directory = directory
+        self._events = events
+        self._monitor = monitor
+        self._publish = publish
+        self._check_every_s = check_every_s
+        self._sleep = sleep
+        self._seen: _Signature | None = None
+        self._announced: dict[str, Any] | None = None
+        self.state: LibraryState | None = None  # None until the first load
+
+    async def run(self, ready: asyncio.Event) -> None:
+        await self._check_safely(force=True)
+        ready.set()
+        while True:
+            await self._sleep(self._check_every_s)
+            await self._check_safely()
+
+    async def _check_safely(self, *, force: bool = False) -> None:
+        # Whatever goes wrong here is a bug to log, never a reason to stop monitoring the pumps.
+        try:
+            await self.check(force=force)
+        except Exception:
+            log.exception("checking the drug library failed unexpectedly")
+
+    def _paths(self) -> list[Path]:
+        from .library_store import ACTIVE_NAME, approvals_path
+
+        active = self._directory / ACTIVE_NAME
+        paths = [active, approvals_path(active)]
+        if self._section.trust_store is not None:
+            paths.append(self._section.trust_store)
+        return paths
+
+    def _signature(self) -> _Signature:
+        """What changes when a file is replaced or edited: (mtime, size, inode), None if missing."""
+        out: list[tuple[int, int, int] | None] = []
+        for path in self._paths():
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    async def check(self, *, force: bool = False) -> bool:
+        """Load the library again if its files changed (or ``force``). True if it was loaded again."""
+        signature = await asyncio.to_thread(self._signature)
+        if not force and signature == self._seen:
+            return False
+        self._seen = signature  # taken before loading: a change during the load is seen next time
+        try:
+            state = await asyncio.to_thread(load_library, self._section, self._directory)
+        except Exception as exc:
+            # A bug, not a library problem; still never a reason to stop monitoring pumps.
+            log.exception("loading the drug library failed unexpectedly")
+            state = LibraryState(
+                None,
+                f"unexpected error while loading the drug library: {type(exc).__name__}: {exc}",
+                self._section.required,
+            )
+        await self._apply(state)
+        return True
+
+    async def _apply(self, state: LibraryState) -> None:
+        self.state = state
+        status = state.as_json()
+        said = state.loaded_payload() if state.verified is not None else state.unavailable_payload()
+        if said != self._announced:
+            self._announced = said
+            if state.verified is not None:
+                lib = state.verified.library
+                await self._event(EventType.LIBRARY_LOADED, said)
+                log.info(
+                    "drug library loaded",
+                    extra={
+                        "library": lib.label,
+                        "author": state.verified.author,
+                        "reviewer": state.verified.reviewer,
+                    },
+                )
+                if lib.doc.example:
+                    log.warning("the drug library in use is an EXAMPLE, not clinical advice")
+            else:
+                await self._event(EventType.LIBRARY_UNAVAILABLE, said)
+                if state.required:
+                    log.error(
+                        "no verified drug library: pumps are monitored, auto-programming is unavailable",
+                        extra={"reason": state.reason},
+                    )
+                else:
+                    log.info(
+                        "no drug library (not required: monitoring only)", extra={"reason": state.reason}
+                    )
+            if self._publish is not None:
+                self._publish({"library": status})
+        await self._monitor.set_library(state)
+
+    async def _event(self, type: EventType, payload: dict[str, Any]) -> None:
+        try:
+            await self._events.append(type, payload)
+        except EventLogError:
+            log.exception("event could not be written", extra={"type": str(type)})
+
+
 class Gateway:
     """Everything the gateway runs, built from a validated configuration."""
 
@@ -142,13 +324,20 @@ class Gateway:
             clock,
             publish=None if self.mqtt is None else self.mqtt.set_pump_status,
         )
+        self.library = LibraryPart(
+            config.library,
+            config.library_dir,
+            self.events,
+            self.monitor,
+            publish=None if self.mqtt is None else self.mqtt.set_gateway_fields,
+        )
         self.pollers = [
             PumpPoller(make_driver(p), clock, [self.monitor], interval_s=p.poll_interval_s)
             for p in config.pumps
         ]
 
     def parts(self, extra: Sequence[Part] = ()) -> list[Part]:
-        parts: list[Part] = [EventLogPart(self.events, self.config.gateway.id)]
+        parts: list[Part] = [EventLogPart(self.events, self.config.gateway.id), self.library]
         if self.mqtt is not None:
             parts.append(self.mqtt)
         parts.extend(self.pollers)

@@ -60,6 +60,16 @@ class MqttSection(_Section):
     tls: MqttTls | None = None
 
 
+class LibrarySection(_Section):
+    """The drug library: which keys may approve one, and where ``pumpgw library install`` put it."""
+
+    trust_store: Path | None = None  # TOML trust store of the keys allowed to approve libraries
+    dir: Path | None = None  # default: <gateway.state_dir>/library
+    # Without a verified library pumps are monitored but never auto-programmed, whatever this says;
+    # required = false only marks a monitoring-only gateway, where a missing library is not a fault.
+    required: bool = True
+
+
 class _PumpBase(_Section):
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
     poll_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
@@ -125,7 +135,13 @@ class GatewayConfig(_Section):
     gateway: GatewaySection = GatewaySection()
     log: LogSection = LogSection()
     mqtt: MqttSection = MqttSection()
+    library: LibrarySection = LibrarySection()
     pumps: list[PumpConfig] = []
+
+    @property
+    def library_dir(self) -> Path:
+        """Where the active library lives: ``[library] dir``, or ``<state_dir>/library``."""
+        return self.library.dir if self.library.dir is not None else self.gateway.state_dir / "library"
 
     @field_validator("pumps")
     @classmethod

@@ -5,6 +5,12 @@ TCP and on PTY pairs),
 a local mosquitto on a free loopback port when one is installed, and the gateway against both, and
 shows every channel live. Ctrl-C (or ``--duration``) stops everything in reverse order; the
 children are also tied to this process's life by the kernel, so nothing is left behind.
+
+The demo's gateway uses a verified drug library like any other: :func:`prepare_demo_library` makes
+two DEMO keys in the state directory (``demo author`` and ``demo reviewer``, reused on the next
+run), a trust store of just those two, signs the packaged example library (NOT clinical advice)
+with both, and installs it with :class:`.library_store.LibraryStore`. Those keys are for the demo
+only: a hospital's trust store never holds them.
 """
 
 from __future__ import annotations
@@ -13,18 +19,102 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import sys
+from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from .app import EVENT_LOG_NAME, Gateway
 from .broker import MosquittoBroker, die_with_parent, find_mosquitto, stop_child
 from .clock import Clock
 from .config import parse_config
-from .errors import EnvironmentProblem
-from .view import TerminalView
+from .errors import EnvironmentProblem, LibraryError, LibraryNotTrusted, PumpGwError
+from .view import TerminalView, library_line
 
 log = logging.getLogger(__name__)
+
+DEMO_AUTHOR: Final = "demo author"
+DEMO_REVIEWER: Final = "demo reviewer"
+DEMO_KEYS_DIR: Final = "demo-keys"  # demo-author.key, demo-reviewer.key (mode 0600)
+DEMO_TRUST_STORE: Final = "demo-trust-store.toml"
+DEMO_SIGNED_DIR: Final = "demo-library"  # the signed copy of the example, before it is installed
+EXAMPLE_LIBRARY: Final = "drug-library.example.toml"
+
+
+def example_library_bytes() -> bytes:
+    """The packaged example library (``pumpgw.gateway/examples``): NOT clinical advice."""
+    return resources.files("pumpgw.gateway").joinpath("examples", EXAMPLE_LIBRARY).read_bytes()
+
+
+def prepare_demo_library(state_dir: Path, signed_at: str) -> Path:
+    """Sign the example library with the demo keys and install it in ``state_dir/library``.
+
+    Makes (or reuses) the two demo keys and the demo trust store in ``state_dir``; returns the
+    trust store's path. ``signed_at`` is the approvals' time (``2026-11-22T10:00:00Z``). Blocking
+    file I/O. Raises PumpGwError (ConfigError for an unreadable key file, LibraryError,
+    EnvironmentProblem) when it cannot.
+    """
+    from .library import parse_library
+    from .library_signing import (
+        TrustStore,
+        generate_key,
+        make_trusted_key,
+        public_key_of,
+        render_approvals,
+        render_trust_store,
+        sign,
+    )
+    from .library_store import LibraryStore, approvals_path, write_atomic
+
+    keys_dir = state_dir / DEMO_KEYS_DIR
+    try:
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        keys_dir.chmod(0o700)
+        (state_dir / DEMO_SIGNED_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot create {keys_dir}: {exc.strerror}", f"make {state_dir} writable for this user"
+        ) from None
+    private: dict[str, bytes] = {}
+    trusted = []
+    for role, name in (("author", DEMO_AUTHOR), ("reviewer", DEMO_REVIEWER)):
+        key_path = keys_dir / f"demo-{role}.key"
+        if key_path.exists():
+            pem = key_path.read_bytes()
+            public = public_key_of(pem, str(key_path))
+        else:
+            pem, public = generate_key()
+            write_atomic(key_path, pem, mode=0o600)
+        private[role] = pem
+        trusted.append(make_trusted_key(name, [role], public, str(key_path)))
+    trust = TrustStore(tuple(trusted))
+    trust_path = state_dir / DEMO_TRUST_STORE
+    write_atomic(trust_path, render_trust_store(trust).encode())
+
+    raw = example_library_bytes()
+    signed = state_dir / DEMO_SIGNED_DIR / EXAMPLE_LIBRARY
+    library = parse_library(raw, str(signed))
+    approvals = sign(library, private["author"], "author", DEMO_AUTHOR, signed_at, source=str(signed))
+    approvals = sign(
+        library, private["reviewer"], "reviewer", DEMO_REVIEWER, signed_at, approvals, source=str(signed)
+    )
+    write_atomic(signed, raw)
+    write_atomic(approvals_path(signed), render_approvals(approvals).encode())
+
+    store = LibraryStore(state_dir / "library")
+    try:
+        # The demo's library directory is the demo's own: going back to an older example is fine.
+        store.install(signed, trust, allow_downgrade=True)
+    except LibraryNotTrusted:
+        raise
+    except LibraryError as exc:
+        # The example changed under the same version number (a development checkout): start the
+        # demo's library history afresh rather than refuse to run.
+        log.info("replacing the demo's library history", extra={"reason": str(exc.problems[0])})
+        shutil.rmtree(store.directory, ignore_errors=True)
+        store.install(signed, trust)
+    return trust_path
 
 
 class RigProcess:
@@ -110,6 +200,15 @@ async def run_demo(
 ) -> None:
     """Run the demo until ``stop`` is set. Raises PartFailed or EnvironmentProblem on failure."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    library: dict[str, Any] = {}
+    try:
+        signed_at = clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
+        trust_path = await asyncio.to_thread(prepare_demo_library, state_dir, signed_at)
+        library = {"trust_store": str(trust_path)}
+    except PumpGwError as exc:
+        # The gateway then runs without a library and says why (library.unavailable), as a real
+        # one would: monitoring never depends on the library.
+        log.warning("could not prepare the demo's drug library", extra={"error": str(exc)})
     async with contextlib.AsyncExitStack() as stack:
         rig = RigProcess(["--dir", str(state_dir / "rig"), *(rig_args or [])], state_dir / "rig.log")
         stack.push_async_callback(rig.stop)
@@ -132,6 +231,7 @@ async def run_demo(
             {
                 "gateway": {"id": "demo", "state_dir": str(state_dir)},
                 "mqtt": mqtt,
+                "library": library,
                 "pumps": endpoints,
             },
             "(demo configuration)",
@@ -143,7 +243,7 @@ async def run_demo(
             n = sum(len(v.channels) for v in gateway.monitor.pumps.values())
             return (
                 f"pumpgw demo - bench rig, {len(endpoints)} emulated pumps, {n} channels"
-                f" - {clock.wall().strftime('%H:%M:%S')} UTC"
+                f" - {clock.wall().strftime('%H:%M:%S')} UTC\n{library_line(gateway.monitor.library)}"
             )
 
         def footer() -> str:

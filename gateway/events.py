@@ -1,8 +1,9 @@
 """The event vocabulary: every event type the gateway writes to its log, defined in one place.
 
 This is the first slice of the vocabulary (gateway lifecycle, pump links, channel state and
-alarms); the event-log issue adds scans, orders, DERS results and deliveries and publishes the
-whole vocabulary as a versioned JSON Schema. A type not listed here cannot be written.
+alarms, the drug library in use and the library version on each pump); the event-log issue adds
+scans, orders, DERS results and deliveries and publishes the whole vocabulary as a versioned JSON
+Schema. A type not listed here cannot be written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ class EventType(StrEnum):
     ALARM_RAISED = "channel.alarm_raised"  # payload: alarm
     ALARM_CLEARED = "channel.alarm_cleared"  # payload: alarm
     DELIVERY_FAILED = "delivery.failed"  # payload: destination, error
+    # payload: name, version, hash, example, author, author_key_id, reviewer, reviewer_key_id,
+    # pump_libraries ([{model, version}]: the pump-side versions this release expects)
+    LIBRARY_LOADED = "library.loaded"
+    LIBRARY_UNAVAILABLE = "library.unavailable"  # payload: reason (the error, in words), required
+    # payload: model, serial, reported, expected, library_version, library_hash, reason
+    PUMP_LIBRARY_OUTDATED = "pump.library_outdated"
+    PUMP_LIBRARY_CURRENT = "pump.library_current"  # payload: as pump.library_outdated
 
 
 @dataclass(frozen=True, slots=True)

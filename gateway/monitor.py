@@ -5,6 +5,11 @@ channel status of every pump (the live terminal view and the retained MQTT statu
 writes an event to the log whenever something a clinician or engineer cares about changes: a pump
 identified, a link lost or restored, a channel's state, an alarm raised or cleared. Every poll is
 not an event; a change is.
+
+It also judges every pump against the gateway's drug library (:func:`.library_fitness.pump_fitness`)
+when the pump is identified (on every connection) and when the library changes, and writes
+``pump.library_outdated`` when a pump's library stops matching (once per change: a reconnection
+that reports the same versions writes nothing) and ``pump.library_current`` when it is back in line.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from .clock import Clock
 from .errors import DriverError, EventLogError
 from .eventlog import EventLog
 from .events import EventType
+from .library_fitness import NOT_LOADED, OUTDATED, UNKNOWN_MODEL, Fitness, LibraryState, pump_fitness
 from .quantity import Quantity
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ class PumpView:
     first_poll_at: float | None = None
     last_poll_at: float | None = None
     last_error: str | None = None
+    fitness: Fitness = field(default_factory=lambda: pump_fitness(None, None))
 
 
 def _q(q: Quantity | None) -> str | None:
@@ -85,13 +92,72 @@ class BedsideMonitor:
         self._clock = clock
         self._publish = publish
         self._on_change: list[Callable[[], None]] = []
+        self.library: LibraryState = NOT_LOADED
         self.pumps: dict[str, PumpView] = {p: PumpView(p, d) for p, d in pumps.items()}
         self._published_at: dict[str, float] = {}
+        # Per pump, the (reported, expected, library hash) last announced as outdated, if any.
+        self._outdated: dict[str, tuple[str | None, str | None, str]] = {}
+
+    def fitness(self, pump: str) -> Fitness:
+        """Whether ``pump`` may be auto-programmed as far as the drug library goes, as last judged."""
+        return self.pumps[pump].fitness
+
+    async def set_library(self, state: LibraryState) -> None:
+        """The gateway's library changed (loaded, replaced or gone): judge every pump again."""
+        self.library = state
+        for pump in self.pumps:
+            if await self._judge(pump):
+                self._changed(pump, significant=True)
 
     async def on_identity(self, pump: str, identity: PumpIdentity) -> None:
         self.pumps[pump].identity = identity
         await self._event(EventType.PUMP_IDENTIFIED, asdict(identity), pump=pump)
+        await self._judge(pump)
         self._changed(pump, significant=True)
+
+    async def _judge(self, pump: str) -> bool:
+        """Recompute the pump's fitness; write the library events it calls for. True if it changed."""
+        view = self.pumps[pump]
+        library = self.library.library
+        before = view.fitness
+        view.fitness = fitness = pump_fitness(view.identity, library)
+        if library is not None and view.identity is not None:
+            announced = self._outdated.get(pump)
+            if fitness.code == OUTDATED:
+                key = (fitness.reported, fitness.expected, library.hash)
+                if key != announced:
+                    self._outdated[pump] = key
+                    await self._library_event(EventType.PUMP_LIBRARY_OUTDATED, pump, fitness)
+                    log.warning(
+                        "pump drug library is not the version this gateway's library expects",
+                        extra={"pump": pump, "reason": fitness.reason},
+                    )
+            elif fitness.fit and announced is not None:
+                del self._outdated[pump]
+                await self._library_event(EventType.PUMP_LIBRARY_CURRENT, pump, fitness)
+                log.info("pump drug library back in line", extra={"pump": pump, "reason": fitness.reason})
+            elif fitness.code == UNKNOWN_MODEL and before.code != UNKNOWN_MODEL:
+                log.warning(
+                    "pump drug library cannot be checked", extra={"pump": pump, "reason": fitness.reason}
+                )
+        return fitness != before
+
+    async def _library_event(self, type: EventType, pump: str, fitness: Fitness) -> None:
+        view = self.pumps[pump]
+        library = self.library.library
+        await self._event(
+            type,
+            {
+                "model": None if view.identity is None else view.identity.model,
+                "serial": None if view.identity is None else view.identity.serial,
+                "reported": fitness.reported,
+                "expected": fitness.expected,
+                "library_version": None if library is None else library.version,
+                "library_hash": None if library is None else library.hash,
+                "reason": fitness.reason,
+            },
+            pump=pump,
+        )
 
     async def on_link(self, pump: str, up: bool, error: DriverError | None) -> None:
         view = self.pumps[pump]
@@ -151,6 +217,7 @@ class BedsideMonitor:
             "identity": None if view.identity is None else asdict(view.identity),
             "channels": [channel_json(c) for _, c in sorted(view.channels.items())],
             "last_error": view.last_error,
+            "library": view.fitness.as_json(),
         }
 
     def _changed(self, pump: str, *, significant: bool) -> None:

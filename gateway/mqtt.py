@@ -3,10 +3,13 @@
 Topics (stable, versioned by the ``topic_prefix``, ``pumpgw/v1`` by default; docs/mqtt.md):
 
 - ``{prefix}/{gateway}/status``: retained; ``{"state": "online"}`` on connect, ``"offline"`` on a
-  clean stop and, as the last-will message, when the connection dies.
+  clean stop and, as the last-will message, when the connection dies; with the gateway-level
+  fields the gateway sets (``"library"``: the drug library in use, or why there is none),
+  republished when they change.
 - ``{prefix}/{gateway}/events``: every event of the log, QoS 1, in order, at least once. The
   event's ``id`` is the de-duplication key downstream.
-- ``{prefix}/{gateway}/pumps/{pump}/status``: retained; the pump's link, identity and channels.
+- ``{prefix}/{gateway}/pumps/{pump}/status``: retained; the pump's link, identity, channels and
+  drug-library fitness.
 
 Delivery is an outbox: the log records per destination the last event delivered (acknowledged by
 the broker with PUBACK), so events survive broker outages, network loss and restarts of the
@@ -59,6 +62,8 @@ class MqttPublisher:
         self._wake = asyncio.Event()
         self._pump_status: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
+        self._gateway_fields: dict[str, Any] = {}
+        self._gateway_dirty = False
         self.connected = False
         self.delivered_seq = 0  # acknowledged by the broker
         self._marked_seq = 0  # recorded in the outbox
@@ -78,7 +83,12 @@ class MqttPublisher:
 
     def _gateway_status(self, state: str) -> bytes:
         return json.dumps(
-            {"gateway": self._gateway, "state": state, "time": self._clock.wall().isoformat()}
+            {
+                **self._gateway_fields,
+                "gateway": self._gateway,
+                "state": state,
+                "time": self._clock.wall().isoformat(),
+            }
         ).encode()
 
     # -- inputs from the rest of the gateway ----------------------------------------------------
@@ -86,6 +96,12 @@ class MqttPublisher:
         """Remember the pump's latest status; it is published (retained) as soon as connected."""
         self._pump_status[pump] = status
         self._dirty.add(pump)
+        self._wake.set()
+
+    def set_gateway_fields(self, fields: dict[str, Any]) -> None:
+        """Add ``fields`` to the retained gateway status; republished at once when connected."""
+        self._gateway_fields.update(fields)
+        self._gateway_dirty = True
         self._wake.set()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -140,6 +156,7 @@ class MqttPublisher:
                     failing = False
                     backoff.reset()
                     try:
+                        self._gateway_dirty = False
                         await client.publish(
                             self.status_topic, self._gateway_status("online"), qos=1, retain=True
                         )
@@ -192,6 +209,9 @@ class MqttPublisher:
         return f"{self._config.host}:{self._config.port}"
 
     async def _drain(self, client: aiomqtt.Client) -> None:
+        if self._gateway_dirty:
+            self._gateway_dirty = False
+            await client.publish(self.status_topic, self._gateway_status("online"), qos=1, retain=True)
         while self._dirty:
             pump = self._dirty.pop()
             await client.publish(

@@ -4,6 +4,9 @@ On a terminal the table is redrawn in place at most a few times a second; when t
 a terminal (a pipe, a log file, a test) a table is printed at most every ``plain_every_s`` seconds
 so a log stays readable, and once more when the view stops. :func:`render` is pure, so it is
 tested without a terminal.
+
+The LIBRARY column says, per pump, whether its drug library matches the gateway's
+(:mod:`.library_fitness`); :func:`library_line` is the gateway's own library, for a header.
 """
 
 from __future__ import annotations
@@ -13,10 +16,42 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from .clock import Clock
+from .library_fitness import (
+    CURRENT,
+    NO_LIBRARY,
+    NOT_IDENTIFIED,
+    NOT_REPORTED,
+    OUTDATED,
+    UNKNOWN_MODEL,
+    Fitness,
+    LibraryState,
+)
 from .monitor import PumpView
 
 _COLUMNS = ("PUMP", "LINK", "CH", "STATE", "DRUG", "CONCENTRATION", "RATE mL/h", "VTBI mL",
-            "INFUSED mL", "ALARMS")  # fmt: skip
+            "INFUSED mL", "ALARMS", "LIBRARY")  # fmt: skip
+
+
+def fitness_cell(f: Fitness) -> str:
+    """A pump's drug-library fitness in a few words (the reason is in the MQTT status)."""
+    if f.code == CURRENT:
+        return f"v{f.reported} ok"
+    if f.code == OUTDATED:
+        return f"OUTDATED v{f.reported}, expected v{f.expected}"
+    if f.code == UNKNOWN_MODEL:
+        return f"v{f.reported} UNCHECKED: model not in library"
+    if f.code == NOT_REPORTED:
+        return "not reported by pump"
+    if f.code == NO_LIBRARY:
+        return "NO LIBRARY"
+    if f.code == NOT_IDENTIFIED:
+        return "-"
+    return f.code
+
+
+def library_line(state: LibraryState) -> str:
+    """The gateway's drug library (or why it has none), on one line."""
+    return state.summary()
 
 
 def render(pumps: Sequence[PumpView], header: str, footer: str = "") -> str:
@@ -24,10 +59,11 @@ def render(pumps: Sequence[PumpView], header: str, footer: str = "") -> str:
     rows: list[tuple[str, ...]] = [_COLUMNS]
     for view in pumps:
         link = view.link if view.link != "lost" else "LOST"
+        library = fitness_cell(view.fitness)
         if not view.channels:
-            rows.append((view.pump, link, "-", "-", "", "", "", "", "", view.last_error or ""))
+            rows.append((view.pump, link, "-", "-", "", "", "", "", "", view.last_error or "", library))
             continue
-        for number, c in sorted(view.channels.items()):
+        for i, (number, c) in enumerate(sorted(view.channels.items())):
             rows.append(
                 (
                     view.pump,
@@ -40,6 +76,7 @@ def render(pumps: Sequence[PumpView], header: str, footer: str = "") -> str:
                     "-" if c.vtbi is None else str(c.vtbi.value),
                     "-" if c.volume_infused is None else str(c.volume_infused.value),
                     ", ".join(c.alarms) or "-",
+                    library if i == 0 else "",  # a pump's library, on its first row
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]

@@ -34,6 +34,9 @@ def test_the_documented_example_loads() -> None:
         AlarisPumpConfig,
     ]
     assert cfg.pumps[1].id == "syringe-1"
+    assert cfg.library.trust_store == Path("/etc/pumpgw/library-trust.toml")
+    assert cfg.library_dir == Path("/var/lib/pumpgw/library")
+    assert cfg.library.required is True
     rtu = cfg.pumps[2]
     assert isinstance(rtu, ModbusRtuPumpConfig)
     assert (rtu.parity, rtu.unit_id) == ("E", 2)
@@ -87,6 +90,20 @@ def test_misspelt_key_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.key == "gateway.poll_intervall_s"
     assert "no such key" in info.value.expected
+
+
+def test_library_section_keys_are_checked_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "[library]\ntrust_store = '/etc/t.toml'\nrequire = false\nrequired = 'maybe'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = {info.value.key, *(p.key for p in info.value.also)}
+    assert keys == {"library.require", "library.required"}
+    cfg = load_config(write(tmp_path, "[gateway]\nstate_dir = '/srv/gw'\n[library]\nrequired = false\n"))
+    assert (cfg.library.trust_store, cfg.library_dir, cfg.library.required) == (
+        None,
+        Path("/srv/gw/library"),
+        False,
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

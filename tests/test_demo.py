@@ -20,6 +20,7 @@ import pytest
 
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.eventlog import EventStore
+from pumpgw.gateway.library import parse_library
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,8 @@ PUMPGW = str(Path(sys.executable).with_name("pumpgw"))
 
 #: The default rig: one pump of each protocol (`pumpgw rig up`).
 RIG_PUMPS = {"rig-modbus-1", "rig-modbus-rtu-1", "rig-newera-1", "rig-alaris-1"}
+EXAMPLE_LIBRARY = Path(__file__).resolve().parents[1] / "gateway" / "examples" / "drug-library.example.toml"
+EXAMPLE_HASH = parse_library(EXAMPLE_LIBRARY.read_bytes(), "example").hash
 
 
 def processes_with_marker(marker: str) -> list[str]:
@@ -94,6 +97,15 @@ def check_state(state: Path) -> list[dict[str, object]]:
     assert types[-1] == "gateway.stopped"
     identified = {e["pump"] for e in events if e["type"] == "pump.identified"}
     assert identified == RIG_PUMPS
+    # The example library, signed with the demo's keys, verified and in use before any pump is
+    # identified; the rig's pumps run the library version it expects.
+    (loaded,) = [e for e in events if e["type"] == "library.loaded"]
+    assert loaded["payload"]["hash"] == EXAMPLE_HASH
+    assert (loaded["payload"]["author"], loaded["payload"]["reviewer"]) == ("demo author", "demo reviewer")
+    assert loaded["payload"]["example"] is True
+    assert types.index("library.loaded") < types.index("pump.identified")
+    assert "library.unavailable" not in types
+    assert "pump.library_outdated" not in types
     # Every pump polled: every channel reported its state (the rig starts them infusing).
     polled = {
         (e["pump"], e["channel"], e["payload"]["to"]) for e in events if e["type"] == "channel.state_changed"
@@ -130,6 +142,8 @@ def test_demo_with_duration_runs_polls_logs_and_leaves_nothing(tmp_path: Path) -
     assert "rig-newera-1" in proc.stdout
     assert "Noradrenaline" in proc.stdout
     assert "0.08 mg/mL" in proc.stdout
+    assert "drug library: Example library v7 (sha256:" in proc.stdout
+    assert "v7 ok" in proc.stdout  # the Modbus pumps' library matches
     check_state(state)
     assert processes_with_marker(marker) == []
     # Broker and rig files are the demo's own; the PTY went with the rig process.
@@ -193,6 +207,32 @@ def test_events_verify_command_on_the_demo_log(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "hash chain broken at event seq 2" in bad.stderr
+
+
+def test_the_demo_signs_and_installs_the_example_library_and_reuses_its_keys(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    keys = []
+    for _ in range(2):
+        run = subprocess.run(
+            [PUMPGW, "demo", "--duration", "1", "--no-mqtt", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        key_files = sorted((state / "demo-keys").iterdir())
+        assert [k.name for k in key_files] == ["demo-author.key", "demo-reviewer.key"]
+        assert all(k.stat().st_mode & 0o777 == 0o600 for k in key_files)
+        keys.append([k.read_bytes() for k in key_files])
+    assert keys[0] == keys[1]  # reused, not made anew
+    trust = (state / "demo-trust-store.toml").read_text()
+    assert 'name = "demo author"' in trust
+    assert 'roles = ["reviewer"]' in trust
+    assert (state / "library" / "active.toml").read_bytes() == EXAMPLE_LIBRARY.read_bytes()
+    store = EventStore(state / "events.sqlite3", "check", FakeClock())
+    try:
+        loaded = [e for e in store.read_after(0, limit=10_000) if e.type == "library.loaded"]
+    finally:
+        store.close()
+    assert [e.payload["hash"] for e in loaded] == [EXAMPLE_HASH, EXAMPLE_HASH]  # one per run
 
 
 def test_demo_log_format_json(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +15,15 @@ from pumpgw.drivers.base import ChannelState, ChannelStatus, PumpIdentity
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import LinkLost, NoResponse
 from pumpgw.gateway.eventlog import EventLog
+from pumpgw.gateway.library import parse_library
+from pumpgw.gateway.library_fitness import LibraryState
+from pumpgw.gateway.library_signing import VerifiedLibrary
 from pumpgw.gateway.logs import setup_logging
 from pumpgw.gateway.monitor import STATUS_REFRESH_S, BedsideMonitor
 from pumpgw.gateway.quantity import Quantity
-from pumpgw.gateway.view import render
+from pumpgw.gateway.view import library_line, render
+
+EXAMPLE_LIBRARY = Path(__file__).resolve().parents[1] / "gateway" / "examples" / "drug-library.example.toml"
 
 
 def ch(state: ChannelState, alarms: tuple[str, ...] = (), ml: str = "1.5") -> ChannelStatus:
@@ -96,6 +102,31 @@ async def test_render_shows_every_channel_and_lost_links(eventlog: EventLog) -> 
     assert lines[3].startswith("p2")
     assert "LOST" in lines[3]
     assert "no answer within 1 s" in lines[3]
+
+
+@pytest.mark.hazard("HAZ-003")
+async def test_status_and_view_show_each_pumps_library_and_the_gateways(eventlog: EventLog) -> None:
+    library = parse_library(EXAMPLE_LIBRARY.read_bytes(), str(EXAMPLE_LIBRARY))
+    monitor = BedsideMonitor(eventlog, {"p1": "modbus-tcp", "p2": "newera", "p3": "x"}, FakeClock())
+    assert "NONE - auto-programming unavailable" in library_line(monitor.library)
+    await monitor.set_library(LibraryState(VerifiedLibrary(library, "A. Author", "R. Reviewer", "k1", "k2")))
+    await monitor.on_identity("p1", PumpIdentity("modbus-tcp", "Acme", "RIG-MC2", "SN", "1", "6", 2))
+    await monitor.on_identity("p2", PumpIdentity("newera", "New Era", "NE-1000", None, "3", None, 1))
+    await monitor.on_status("p1", (ch(ChannelState.INFUSING), ChannelStatus(2, ChannelState.IDLE)), 1.0)
+    status = monitor.status_json("p1")["library"]
+    assert (status["fit"], status["code"], status["reported"], status["expected"]) == (
+        False, "library-outdated", "6", "7",
+    )  # fmt: skip
+    assert monitor.status_json("p2")["library"]["code"] == "pump-reports-no-library"
+    assert monitor.status_json("p3")["library"]["code"] == "pump-not-identified"
+    text = render(list(monitor.pumps.values()), library_line(monitor.library))
+    lines = text.splitlines()
+    assert lines[0].startswith(f"drug library: {library.label} - EXAMPLE")
+    assert lines[1].split()[-1] == "LIBRARY"
+    assert lines[2].endswith("OUTDATED v6, expected v7")  # the pump's first channel row
+    assert lines[3].split()[:3] == ["p1", "connecting", "2"]
+    assert "OUTDATED" not in lines[3]
+    assert lines[4].endswith("not reported by pump")
 
 
 @pytest.fixture
