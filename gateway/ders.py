@@ -36,8 +36,8 @@ from typing import Any, Final
 
 from .dose import DEFAULT_RATE_RESOLUTION, Concentration, MissingFactor, convert, round_rate
 from .errors import DersError, QuantityError
-from .library import AreaRules, CareArea, Drug, Library, Limits
-from .quantity import Quantity, base_value, unit_parts
+from .library import AreaRules, CareArea, Drug, Library, Limits, canonical_number
+from .quantity import Quantity, base_value, dimension_of, unit_parts
 
 
 class Outcome(StrEnum):
@@ -128,7 +128,7 @@ def say_concentration(c: Concentration) -> str:
 
 
 def _number(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
+    text = canonical_number(value)
     if "." in text:
         whole, frac = text.split(".")
         if len(frac) > 4:  # 13.12500000... reads as 13.125; never shown rounded beyond 4 places
@@ -593,7 +593,7 @@ class _Eval:
             d = p.dose_rate
             if d.dimension == "volume/time" and not volume_based:
                 given_rate = given_rate or d  # a dose entry programmed in mL/h
-            elif not self.dimension_ok("dose", "dose", d, [_dim(drug.dose_unit)]):
+            elif not self.dimension_ok("dose", "dose", d, [dimension_of(drug.dose_unit)]):
                 return
             else:
                 dose = d
@@ -710,11 +710,11 @@ class _Eval:
                 value=value,
             )
             return
-        if value.dimension == "volume" and _dim(unit) != "volume":
+        if value.dimension == "volume" and dimension_of(unit) != "volume":
             dose = self.convert(f"{kind}_dose", f"{what} dose", value, unit)
             if dose is None:
                 return
-        elif not self.dimension_ok(f"{kind}_dose", f"{what} dose", value, [_dim(unit)]):
+        elif not self.dimension_ok(f"{kind}_dose", f"{what} dose", value, [dimension_of(unit)]):
             return
         else:
             dose = value
@@ -790,12 +790,6 @@ class _Eval:
 def _tidy(q: Quantity) -> Quantity:
     """Drop the trailing zeros a 34-digit division leaves (2.000... mL reads 2 mL)."""
     return Quantity(q.value.normalize() if q.value == q.value.to_integral_value() else q.value, q.unit)
-
-
-def _dim(unit: str) -> str:
-    from .quantity import dimension_of
-
-    return dimension_of(unit)
 
 
 def _same_concentration(drug: Drug, conc: Concentration) -> bool:

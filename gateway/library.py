@@ -93,6 +93,24 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+#: The limits of one limit set, from lowest to highest.
+LIMIT_NAMES: Final = ("hard_min", "soft_min", "soft_max", "hard_max")
+#: The limit sets of a care-area rule, in the order :class:`AreaRules` declares them.
+AREA_LIMIT_SETS: Final = (
+    "weight",
+    "bsa",
+    "dose",
+    "bolus_dose",
+    "bolus_rate",
+    "bolus_volume",
+    "loading_dose",
+    "vtbi",
+    "duration",
+)
+#: The code systems of :class:`Codes`, in the order it declares them.
+CODE_SYSTEMS: Final = ("gtin", "ndc", "dmd", "rxnorm", "local")
+
+
 class Limits(_Doc):
     """Low and high limits, hard and soft. Each is optional; soft limits lie inside hard ones."""
 
@@ -103,8 +121,7 @@ class Limits(_Doc):
 
     def items(self) -> list[tuple[str, Quantity]]:
         """The limits that are set, as ``(name, quantity)`` from lowest to highest."""
-        named = [("hard_min", self.hard_min), ("soft_min", self.soft_min)]
-        named += [("soft_max", self.soft_max), ("hard_max", self.hard_max)]
+        named = [(n, getattr(self, n)) for n in LIMIT_NAMES]
         return [(n, q) for n, q in named if q is not None]
 
 

@@ -22,9 +22,10 @@ checks:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Context, Decimal
+from decimal import Decimal
 from itertools import pairwise
 
+from .dose import Concentration as ExactConcentration
 from .errors import LibraryProblem, QuantityError
 from .library import Concentration, Drug, LibraryDocument, Limits, canonical_number
 from .quantity import Quantity, base_value, dimension_of, unit_parts
@@ -33,9 +34,6 @@ from .quantity import Quantity, base_value, dimension_of, unit_parts
 _WEIGHT_RANGE = (Quantity(Decimal("0.2"), "kg"), Quantity(Decimal(650), "kg"))
 _BSA_RANGE = (Quantity(Decimal("0.05"), "m2"), Quantity(Decimal(5), "m2"))
 
-
-_cmp_value = base_value
-_CTX34 = Context(prec=34)
 
 #: Codes that identify one product (one concentration): no two entries may share one. An RxNorm
 #: code may name an ingredient (fentanyl, 4337) and so be shared by every concentration of it.
@@ -88,7 +86,7 @@ class _Checker:
             self.add(path, f"{what}: limits in different dimensions ({', '.join(str(q) for _, q in good)})")
             return
         for (lo_name, lo), (hi_name, hi) in pairwise(good):
-            if _cmp_value(lo) > _cmp_value(hi):
+            if base_value(lo) > base_value(hi):
                 self.add(
                     f"{path}.{hi_name}",
                     f"{what}: {hi_name.replace('_', ' ')} {hi} is below {lo_name.replace('_', ' ')} {lo}"
@@ -104,7 +102,7 @@ class _Checker:
         for name, q in limits.items():
             if q.dimension != lo.dimension:
                 continue  # reported by limits()
-            if not _cmp_value(lo) <= _cmp_value(q) <= _cmp_value(hi):
+            if not base_value(lo) <= base_value(q) <= base_value(hi):
                 self.add(f"{path}.{name}", f"{what}: {q} is not a plausible value (expected {lo} to {hi})")
 
 
@@ -183,7 +181,7 @@ def _check_concentration(c: _Checker, path: str, drug: Drug, kind: str | None) -
         c.add(
             f"{path}.concentration", f"{drug.id}: min {conc.min} and max {conc.max} are different dimensions"
         )
-    elif _cmp_value(conc.min) > _cmp_value(conc.max):
+    elif base_value(conc.min) > base_value(conc.max):
         c.add(f"{path}.concentration.max", f"{drug.id}: max {conc.max} is below min {conc.min}")
     if kind not in (None, "volume") and conc_kind != kind:
         c.add(
@@ -290,14 +288,15 @@ def _concentration_key(drug: Drug) -> str:
     if conc.variable:
         if conc.min is None or conc.max is None:
             return "?"
-        return f"variable {canonical_number(_cmp_value(conc.min))}..{canonical_number(_cmp_value(conc.max))}"
+        return f"variable {canonical_number(base_value(conc.min))}..{canonical_number(base_value(conc.max))}"
     if conc.amount is None or conc.volume is None:
         return "?"
-    if conc.volume.value <= 0:
-        return "?"
+    try:
+        fixed = ExactConcentration(conc.amount, conc.volume)
+    except QuantityError:
+        return "?"  # reported by _check_concentration
     # Per mL in base units, so 2500 ug in 50 mL and 50 ug in 1 mL are the same concentration.
-    per_ml = _CTX34.divide(_cmp_value(conc.amount), _cmp_value(conc.volume))
-    return f"{canonical_number(per_ml)} {conc.amount.dimension}/mL"
+    return f"{canonical_number(fixed.per_ml())} {fixed.kind}/mL"
 
 
 def check_document(doc: LibraryDocument) -> list[LibraryProblem]:

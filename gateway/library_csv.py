@@ -63,6 +63,9 @@ from typing import Any, Final
 
 from .errors import LibraryError, LibraryProblem, QuantityError
 from .library import (
+    AREA_LIMIT_SETS,
+    CODE_SYSTEMS,
+    LIMIT_NAMES,
     AreaRules,
     Drug,
     Library,
@@ -74,19 +77,6 @@ from .library import (
 )
 from .quantity import Quantity
 
-LIMIT_SETS: Final = (
-    "weight",
-    "bsa",
-    "dose",
-    "bolus_dose",
-    "bolus_rate",
-    "bolus_volume",
-    "loading_dose",
-    "vtbi",
-    "duration",
-)
-LIMIT_NAMES: Final = ("hard_min", "soft_min", "soft_max", "hard_max")
-CODE_SYSTEMS: Final = ("gtin", "ndc", "dmd", "rxnorm", "local")
 CODE_SEPARATOR: Final = "|"
 
 #: The columns that describe the drug entry; the same on every row of one entry.
@@ -110,7 +100,7 @@ AREA_COLUMNS: Final = (
     "care_area",
     "advisory",
     "weight_required",
-    *(f"{s}_{n}" for s in LIMIT_SETS for n in LIMIT_NAMES),
+    *(f"{s}_{n}" for s in AREA_LIMIT_SETS for n in LIMIT_NAMES),
 )
 #: The header row, in the order :func:`export_csv` writes it.
 COLUMNS: Final = (*DRUG_COLUMNS, *AREA_COLUMNS)
@@ -169,7 +159,7 @@ def _drug_cells(drug: Drug, index: int, problems: list[LibraryProblem]) -> list[
 def _area_cells(area_id: str, rules: AreaRules) -> list[str]:
     required = "" if rules.weight_required is None else ("true" if rules.weight_required else "false")
     cells = [area_id, rules.advisory or "", required]
-    for name in LIMIT_SETS:
+    for name in AREA_LIMIT_SETS:
         limits: Limits | None = getattr(rules, name)
         cells += [_q(None if limits is None else getattr(limits, n)) for n in LIMIT_NAMES]
     return cells
@@ -348,7 +338,7 @@ class _Importer:
             rules["weight_required"] = required
         elif required is _BAD:
             self.tainted.add((index, area_id, "weight_required"))
-        for name in LIMIT_SETS:
+        for name in AREA_LIMIT_SETS:
             limits: dict[str, Quantity] = {}
             for limit in LIMIT_NAMES:
                 q = self.quantity(line, f"{name}_{limit}", cells[f"{name}_{limit}"])
@@ -451,7 +441,7 @@ def _area_column(key: str) -> str | None:
     if not key:
         return "care_area"
     parts = key.split(".")
-    if parts[0] in LIMIT_SETS:
+    if parts[0] in AREA_LIMIT_SETS:
         return f"{parts[0]}_{parts[1]}" if len(parts) > 1 and parts[1] in LIMIT_NAMES else f"{parts[0]}_*"
     return parts[0] if parts[0] in AREA_COLUMNS else None
 

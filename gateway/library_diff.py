@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .library import (
+    CODE_SYSTEMS,
+    LIMIT_NAMES,
     AreaRules,
     CareArea,
     Concentration,
@@ -75,8 +77,6 @@ LIMIT_SET_NAMES: Final = {
     "vtbi": "VTBI",
     "duration": "duration",
 }
-_LIMIT_NAMES: Final = ("hard_min", "soft_min", "soft_max", "hard_max")
-_CODE_SYSTEMS: Final = ("gtin", "ndc", "dmd", "rxnorm", "local")
 
 Section = Literal["library", "care_area", "drug"]
 
@@ -169,7 +169,7 @@ def _concentration_change(old: Concentration | None, new: Concentration | None) 
 def _limit_changes(what: str, old: Limits | None, new: Limits | None) -> list[str]:
     """``["bolus dose hard max 100 ug → 50 ug", ...]`` for one limit set."""
     out = []
-    for name in _LIMIT_NAMES:
+    for name in LIMIT_NAMES:
         change = _quantity_change(
             None if old is None else getattr(old, name), None if new is None else getattr(new, name)
         )
@@ -277,7 +277,7 @@ def _drug_lines(old: Drug | None, new: Drug | None) -> list[str]:
         out.append(f"display name {_text(old.display_name)} {ARROW} {_text(new.display_name)}")
     if old.high_alert != new.high_alert:
         out.append(f"high alert {_flag(old.high_alert)} {ARROW} {_flag(new.high_alert)}")
-    for system in _CODE_SYSTEMS:
+    for system in CODE_SYSTEMS:
         out += _list_changes(f"{system} code", getattr(old.codes, system), getattr(new.codes, system), str)
     conc = _concentration_change(old.concentration, new.concentration)
     if conc is not None:

@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .errors import ConfigError, LibraryError, LibraryNotTrusted, LibraryProblem
 from .library import Library
+from .library_toml import toml_string
 
 Role = Literal["author", "reviewer"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
@@ -378,18 +379,6 @@ def _parse_trusted_key(
     )
 
 
-def _toml_string(text: str) -> str:
-    out = []
-    for c in text:
-        if c in ('"', "\\"):
-            out.append("\\" + c)
-        elif unicodedata.category(c) == "Cc" or c in ("\u2028", "\u2029", "\x7f"):
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
 def render_trust_store(store: TrustStore) -> str:
     """The store as TOML, in the form :func:`parse_trust_store` reads."""
     lines = [
@@ -406,10 +395,10 @@ def render_key_entry(key: TrustedKey) -> str:
     """One ``[[keys]]`` table of a trust store, as TOML."""
     lines = [
         "[[keys]]",
-        f"id = {_toml_string(key.id)}",
-        f"name = {_toml_string(key.name)}",
-        f"roles = [{', '.join(_toml_string(r) for r in key.roles)}]",
-        f"public_key = {_toml_string(key.public_key_text)}",
+        f"id = {toml_string(key.id)}",
+        f"name = {toml_string(key.name)}",
+        f"roles = [{', '.join(toml_string(r) for r in key.roles)}]",
+        f"public_key = {toml_string(key.public_key_text)}",
     ]
     return "\n".join(lines) + "\n"
 

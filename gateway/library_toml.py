@@ -21,6 +21,7 @@ import re
 from typing import Final
 
 from .library import (
+    AREA_LIMIT_SETS,
     AreaRules,
     CareArea,
     Concentration,
@@ -42,20 +43,6 @@ _SHORT_ESCAPES: Final = {
     "\f": "\\f",
     "\r": "\\r",
 }
-
-#: The limit sets of a care-area rule, in the order they are written (and declared in the model).
-AREA_LIMIT_SETS: Final = (
-    "weight",
-    "bsa",
-    "dose",
-    "bolus_dose",
-    "bolus_rate",
-    "bolus_volume",
-    "loading_dose",
-    "vtbi",
-    "duration",
-)
-LIMIT_NAMES: Final = ("hard_min", "soft_min", "soft_max", "hard_max")
 
 
 def toml_string(text: str) -> str:

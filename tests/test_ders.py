@@ -339,7 +339,7 @@ def test_unknown_drug_unknown_care_area_and_drug_not_in_care_area() -> None:
     )
     assert unknown is not None
     assert unknown.code is Code.NOT_IN_LIBRARY
-    area = evaluate(fentanyl().__class__("theatre", drug="fentanyl-50"), library()).check("care_area")
+    area = evaluate(Programming("theatre", drug="fentanyl-50"), library()).check("care_area")
     assert area is not None
     assert area.code is Code.CARE_AREA
     ward = evaluate(
