@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,11 @@ from .config import (
     PumpConfig,
 )
 from .errors import ConfigError, EventLogError, LibraryError, PumpGwError
-from .eventlog import EventLog
+from .eventlog import EventLog, Retention
 from .events import EventType
 from .library_fitness import LibraryState
 from .monitor import BedsideMonitor
+from .mqtt import DESTINATION as MQTT_DESTINATION
 from .mqtt import MqttPublisher
 from .poller import PumpPoller
 from .supervisor import Part, Supervisor
@@ -118,7 +120,9 @@ class EventLogPart:
         await self.events.open()
         writer = asyncio.create_task(self.events.run(), name="eventlog:writer")
         try:
-            await self.events.append(EventType.GATEWAY_STARTED, {"gateway": self._gateway_id})
+            await self.events.append(
+                EventType.GATEWAY_STARTED, {"gateway": self._gateway_id, "software_version": _version()}
+            )
             ready.set()
             # asyncio.wait, not "await writer": cancelling this part must not cancel the writer
             # before gateway.stopped is committed below.
@@ -136,6 +140,15 @@ class EventLogPart:
                 writer.cancel()
                 await asyncio.wait({writer})
             await asyncio.shield(self.events.close())
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pumpgw")
+    except PackageNotFoundError:
+        return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -307,6 +320,60 @@ class LibraryPart:
             log.exception("event could not be written", extra={"type": str(type)})
 
 
+@dataclass(frozen=True)
+class Readiness:
+    allowed: bool
+    reasons: tuple[str, ...]
+
+
+#: How often the gateway status (event log, backlog, readiness) is recomputed and, if it changed,
+#: republished.
+STATUS_EVERY_S = 5.0
+
+
+class StatusPart:
+    """Recomputes the gateway status every :data:`STATUS_EVERY_S` s; publishes it when it changed
+    and logs when auto-programming becomes unavailable or available again (with the reasons)."""
+
+    name = "status"
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        every_s: float = STATUS_EVERY_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._gateway = gateway
+        self._every_s = every_s
+        self._sleep = sleep
+        self._reasons: tuple[str, ...] | None = None
+        self.latest: dict[str, Any] = {}
+
+    async def run(self, ready: asyncio.Event) -> None:
+        ready.set()
+        while True:
+            try:
+                await self.update()
+            except Exception:
+                log.exception("computing the gateway status failed unexpectedly")
+            await self._sleep(self._every_s)
+
+    async def update(self) -> dict[str, Any]:
+        gw = self._gateway
+        self.latest = status = await gw.status_json()
+        reasons = tuple(status["auto_programming"]["reasons"])
+        if reasons != self._reasons and self._reasons is not None:
+            if reasons:
+                log.warning("auto-programming unavailable", extra={"reasons": "; ".join(reasons)})
+            else:
+                log.info("auto-programming available again")
+        self._reasons = reasons
+        if gw.mqtt is not None:
+            gw.mqtt.set_gateway_fields(status)
+        return status
+
+
 class Gateway:
     """Everything the gateway runs, built from a validated configuration."""
 
@@ -314,7 +381,12 @@ class Gateway:
         self.config = config
         self.clock = clock
         state_dir = config.gateway.state_dir
-        self.events = EventLog(state_dir / EVENT_LOG_NAME, config.gateway.id, clock)
+        retention = Retention(
+            max_events=config.eventlog.max_events,
+            warn_percent=config.eventlog.warn_percent,
+            destinations=(MQTT_DESTINATION,) if config.mqtt.enabled else (),
+        )
+        self.events = EventLog(state_dir / EVENT_LOG_NAME, config.gateway.id, clock, retention=retention)
         self.mqtt: MqttPublisher | None = None
         if config.mqtt.enabled:
             self.mqtt = MqttPublisher(config.mqtt, config.gateway.id, self.events, clock)
@@ -335,9 +407,54 @@ class Gateway:
             PumpPoller(make_driver(p), clock, [self.monitor], interval_s=p.poll_interval_s)
             for p in config.pumps
         ]
+        self.status = StatusPart(self)
+
+    def readiness(self, pump: str | None = None) -> Readiness:
+        """Whether the gateway may auto-program now (``pump``: that pump too), and if not, why.
+
+        Never about running infusions: those are left alone whatever this says.
+        """
+        reasons: list[str] = []
+        health = self.events.health
+        if not health.ok:
+            reasons.append(
+                f"the event log cannot record what is done ({health.reason}); "
+                "auto-programming needs its audit trail"
+            )
+        state = self.library.state
+        if state is None:
+            reasons.append("the drug library has not been loaded yet")
+        elif state.verified is None:
+            reasons.append(f"no verified drug library ({state.reason})")
+        if pump is not None:
+            view = self.monitor.pumps.get(pump)
+            if view is None:
+                reasons.append(f"pump {pump!r} is not configured on this gateway")
+            else:
+                if view.link != "up":
+                    reasons.append(f"pump {pump} link is {view.link}")
+                if not view.fitness.fit:
+                    reasons.append(f"pump {pump}: {view.fitness.reason}")
+        return Readiness(not reasons, tuple(reasons))
+
+    async def status_json(self) -> dict[str, Any]:
+        """The gateway-level status: event log, deliveries, auto-programming (retained on MQTT)."""
+        status: dict[str, Any] = {}
+        if self.events.is_open:
+            try:
+                status["eventlog"] = await self.events.stats()
+            except EventLogError as exc:
+                status["eventlog"] = {"health": {"ok": False, "reason": str(exc)}}
+        delivery = {}
+        if self.mqtt is not None:
+            delivery[MQTT_DESTINATION] = {**await self.mqtt.outbox.status(), "connected": self.mqtt.connected}
+        status["delivery"] = delivery
+        ready = self.readiness()
+        status["auto_programming"] = {"available": ready.allowed, "reasons": list(ready.reasons)}
+        return status
 
     def parts(self, extra: Sequence[Part] = ()) -> list[Part]:
-        parts: list[Part] = [EventLogPart(self.events, self.config.gateway.id), self.library]
+        parts: list[Part] = [EventLogPart(self.events, self.config.gateway.id), self.library, self.status]
         if self.mqtt is not None:
             parts.append(self.mqtt)
         parts.extend(self.pollers)

@@ -55,9 +55,29 @@ class MqttSection(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "pumpgw/v1"
     username: str | None = None
+    username_file: Path | None = None  # instead of username: a file holding it
     password_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     tls: MqttTls | None = None
+    # While a backlog drains, up to this many events go in one message (a JSON array), within
+    # batch_max_bytes; live events go one per message. 1 turns batching off.
+    batch_max_events: Annotated[int, Field(ge=1, le=10_000)] = 200
+    batch_max_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 256 * 1024
+
+    @model_validator(mode="after")
+    def _one_username(self) -> MqttSection:
+        if self.username is not None and self.username_file is not None:
+            raise ValueError("give username or username_file, not both")
+        return self
+
+
+class EventLogSection(_Section):
+    """Retention of the local event log (docs/events.md): events not yet delivered are never deleted."""
+
+    # The log keeps at most this many events, deleting the oldest already delivered; none: keep all.
+    max_events: Annotated[int, Field(ge=100)] | None = 2_000_000
+    # eventlog.near_capacity is written when the undelivered events reach this share of max_events.
+    warn_percent: Annotated[int, Field(ge=1, le=99)] = 80
 
 
 class LibrarySection(_Section):
@@ -135,6 +155,7 @@ class GatewayConfig(_Section):
     gateway: GatewaySection = GatewaySection()
     log: LogSection = LogSection()
     mqtt: MqttSection = MqttSection()
+    eventlog: EventLogSection = EventLogSection()
     library: LibrarySection = LibrarySection()
     pumps: list[PumpConfig] = []
 
@@ -224,6 +245,7 @@ def check_files(config: GatewayConfig, source: str) -> None:
     """
     files: list[tuple[str, Path | None]] = []
     if config.mqtt.enabled:
+        files.append(("mqtt.username_file", config.mqtt.username_file))
         files.append(("mqtt.password_file", config.mqtt.password_file))
         if config.mqtt.tls is not None:
             files += [

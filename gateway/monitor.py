@@ -3,8 +3,10 @@
 :class:`BedsideMonitor` listens to the pollers. It keeps the latest identity, link state and
 channel status of every pump (the live terminal view and the retained MQTT status read it), and
 writes an event to the log whenever something a clinician or engineer cares about changes: a pump
-identified, a link lost or restored, a channel's state, an alarm raised or cleared. Every poll is
-not an event; a change is.
+identified, a link lost or restored, a channel's state, an alarm raised or cleared, and the
+clinical reading of a channel change (``infusion.started``, ``rate_changed``, ``bolus``, ``paused``,
+``resumed``, ``completed``, ``stopped``: :func:`infusion_events`). Every poll is not an event; a
+change is.
 
 It also judges every pump against the gateway's drug library (:func:`.library_fitness.pump_fitness`)
 when the pump is identified (on every connection) and when the library changes, and writes
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pumpgw.drivers.base import ChannelStatus, PumpIdentity
+from pumpgw.drivers.base import ChannelState, ChannelStatus, PumpIdentity
 
 from .clock import Clock
 from .errors import DriverError, EventLogError
@@ -71,6 +73,60 @@ def channel_json(c: ChannelStatus) -> dict[str, Any]:
         "battery_percent": c.battery_percent,
         "remote_control": c.remote_control,
     }
+
+
+_RUNNING = frozenset({ChannelState.INFUSING, ChannelState.BOLUS})
+_UNDER_WAY = _RUNNING | {ChannelState.PAUSED, ChannelState.KVO}
+_STOPPED = frozenset({ChannelState.IDLE, ChannelState.STANDBY, ChannelState.OFF})
+
+
+def infusion_json(c: ChannelStatus) -> dict[str, Any]:
+    """The payload common to every ``infusion.*`` event: what the pump reports now."""
+    return {
+        "state": str(c.state),
+        "rate_ml_h": _num(c.rate),
+        "vtbi_ml": _num(c.vtbi),
+        "volume_infused_ml": _num(c.volume_infused),
+        "drug": c.drug,
+        "concentration": _q(c.concentration),
+        "dose_rate": _q(c.dose_rate),
+    }
+
+
+def infusion_events(
+    before: ChannelStatus | None, now: ChannelStatus
+) -> list[tuple[EventType, dict[str, Any]]]:
+    """The clinical reading of one channel change, as ``infusion.*`` events (with extra payload keys).
+
+    Pure. The first status of a channel (``before`` is None) says nothing about what happened: an
+    infusion already running when the gateway starts is recorded by ``channel.state_changed`` with
+    ``from: null``, not as started. ``alarm`` is not a change of the infusion (the alarm events say
+    it); the ``channel.state_changed`` record keeps every transition as the pump reported it.
+    """
+    if before is None:
+        return []
+    was, state = before.state, now.state
+    if state == was:
+        if state == ChannelState.INFUSING and before.rate != now.rate:
+            return [(EventType.INFUSION_RATE_CHANGED, {"previous_rate_ml_h": _num(before.rate)})]
+        return []
+    if state == ChannelState.BOLUS:
+        return [(EventType.INFUSION_BOLUS, {})]
+    if state == ChannelState.INFUSING:
+        if was == ChannelState.PAUSED:
+            return [(EventType.INFUSION_RESUMED, {})]
+        if was in (ChannelState.BOLUS, ChannelState.ALARM):
+            return []  # a bolus ended, or an alarm cleared: the infusion goes on
+        return [(EventType.INFUSION_STARTED, {})]
+    if state == ChannelState.PAUSED and was in _RUNNING | {ChannelState.ALARM}:
+        return [(EventType.INFUSION_PAUSED, {})]
+    if state in (ChannelState.COMPLETE, ChannelState.KVO) and was in _RUNNING | {ChannelState.ALARM}:
+        return [(EventType.INFUSION_COMPLETED, {})]
+    if state in _STOPPED and was in _UNDER_WAY | {ChannelState.ALARM, ChannelState.COMPLETE}:
+        if was == ChannelState.COMPLETE:
+            return []  # completed already said it
+        return [(EventType.INFUSION_STOPPED, {})]
+    return []
 
 
 def _significant(c: ChannelStatus) -> tuple[object, ...]:
@@ -189,6 +245,10 @@ class BedsideMonitor:
                     },
                     pump=pump,
                     channel=status.channel,
+                )
+            for type_, extra in infusion_events(before, status):
+                await self._event(
+                    type_, {**infusion_json(status), **extra}, pump=pump, channel=status.channel
                 )
             old_alarms = set() if before is None else set(before.alarms)
             for alarm in sorted(set(status.alarms) - old_alarms):

@@ -4,17 +4,20 @@ Topics (stable, versioned by the ``topic_prefix``, ``pumpgw/v1`` by default; doc
 
 - ``{prefix}/{gateway}/status``: retained; ``{"state": "online"}`` on connect, ``"offline"`` on a
   clean stop and, as the last-will message, when the connection dies; with the gateway-level
-  fields the gateway sets (``"library"``: the drug library in use, or why there is none),
-  republished when they change.
-- ``{prefix}/{gateway}/events``: every event of the log, QoS 1, in order, at least once. The
-  event's ``id`` is the de-duplication key downstream.
+  fields the gateway sets (the drug library, the event log, the delivery backlog, whether
+  auto-programming is available and why not), republished when they change.
+- ``{prefix}/{gateway}/events``: every event of the log as a CloudEvents 1.0 JSON message, QoS 1,
+  in order, at least once: one event per message (a JSON object) when live, and a JSON array of
+  events in order (the CloudEvents JSON batch format) while a backlog drains. The event's ``id`` is
+  the de-duplication key downstream.
 - ``{prefix}/{gateway}/pumps/{pump}/status``: retained; the pump's link, identity, channels and
   drug-library fitness.
 
-Delivery is an outbox: the log records per destination the last event delivered (acknowledged by
-the broker with PUBACK), so events survive broker outages, network loss and restarts of the
-gateway. A broker that is down never stops the gateway or touches the pumps: the publisher
-reconnects with capped, jittered backoff while everything else goes on.
+Delivery is an :class:`~.outbox.Outbox`: the log records the last event the broker acknowledged
+(PUBACK), so events survive broker outages, network loss and restarts of the gateway. A broker that
+is down or refuses us never stops the gateway or touches the pumps: the publisher reconnects with
+capped, jittered backoff while everything else goes on, and says why in the log, in the status and
+(once per outage) as a ``delivery.failed`` event.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
@@ -32,12 +36,85 @@ from .clock import Clock
 from .config import MqttSection
 from .errors import ConfigError, EventLogError
 from .eventlog import EventLog
+from .events import SCHEMA_ID, Event
+from .outbox import Outbox
 from .supervisor import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
 DESTINATION = "mqtt"
 STOP_FLUSH_S = 3.0  # on a clean stop, time allowed to deliver the backlog and say offline
+CLOUDEVENTS_TYPE_PREFIX = "org.pumpgw."
+
+
+def cloudevent(event: Event) -> dict[str, Any]:
+    """The CloudEvents 1.0 structured-mode JSON of one event; ``data`` is the whole log record
+    (seq, refs, payload, prev_hash, hash), so a consumer can check the chain."""
+    ce: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": f"urn:pumpgw:gateway:{event.gateway}",
+        "type": CLOUDEVENTS_TYPE_PREFIX + event.type,
+        "time": event.time,
+        "datacontenttype": "application/json",
+        "dataschema": SCHEMA_ID,
+        "sequence": str(event.seq),  # the CloudEvents "sequence" extension (a string)
+    }
+    if event.pump is not None:
+        ce["subject"] = event.pump if event.channel is None else f"{event.pump}/{event.channel}"
+    ce["data"] = event.as_dict()
+    return ce
+
+
+def encode_batches(events: Sequence[Event], max_bytes: int) -> list[tuple[bytes, int]]:
+    """Split ``events`` into MQTT payloads of at most ``max_bytes`` (one event may exceed it alone):
+    a single event as a JSON object, several as a JSON array. Returns (payload, last seq) pairs."""
+    out: list[tuple[bytes, int]] = []
+    group: list[bytes] = []
+    size = 2
+    last = 0
+    for event in events:
+        one = json.dumps(cloudevent(event), ensure_ascii=False, separators=(",", ":")).encode()
+        if group and size + len(one) + 1 > max_bytes:
+            out.append((_join(group), last))
+            group, size = [], 2
+        group.append(one)
+        size += len(one) + 1
+        last = event.seq
+    if group:
+        out.append((_join(group), last))
+    return out
+
+
+def _join(group: list[bytes]) -> bytes:
+    return group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]"
+
+
+def explain(exc: BaseException, config: MqttSection) -> str:
+    """An MQTT failure in the words an engineer needs: what failed and which setting to check."""
+    text = str(exc)
+    where = f"{config.host}:{config.port}"
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(code, int) and code in (4, 5, 134, 135):
+        who = f"user {config.username!r}" if config.username else "an anonymous client"
+        return (
+            f"the broker {where} refused the credentials of {who} ({text}): check mqtt.username and "
+            "mqtt.password_file, and the broker's access list"
+        )
+    lowered = text.lower()
+    if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
+        return (
+            f"TLS: the broker {where} presented a certificate that mqtt.tls.ca_file does not trust, or "
+            f"for another host name ({text})"
+        )
+    if "ssl" in lowered or "tls" in lowered or "wrong version number" in lowered:
+        return (
+            f"TLS handshake with the broker {where} failed ({text}): does the port speak TLS, as configured?"
+        )
+    if "refused" in lowered:
+        return f"the broker {where} refused the connection ({text}): is it running, on that port?"
+    return f"the broker {where}: {text}"
 
 
 class MqttPublisher:
@@ -59,15 +136,18 @@ class MqttPublisher:
         self._gateway = gateway_id
         self._events = events
         self._clock = clock
-        self._wake = asyncio.Event()
+        self.outbox = Outbox(events, DESTINATION, clock)
+        self._wake = self.outbox.wake
         self._pump_status: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self._gateway_fields: dict[str, Any] = {}
         self._gateway_dirty = False
         self.connected = False
-        self.delivered_seq = 0  # acknowledged by the broker
-        self._marked_seq = 0  # recorded in the outbox
-        events.subscribe(self._wake)
+
+    @property
+    def delivered_seq(self) -> int:
+        """The newest event the broker has acknowledged."""
+        return self.outbox.delivered_seq
 
     # -- topics ---------------------------------------------------------------------------------
     @property
@@ -99,44 +179,63 @@ class MqttPublisher:
         self._wake.set()
 
     def set_gateway_fields(self, fields: dict[str, Any]) -> None:
-        """Add ``fields`` to the retained gateway status; republished at once when connected."""
-        self._gateway_fields.update(fields)
-        self._gateway_dirty = True
-        self._wake.set()
+        """Add ``fields`` to the retained gateway status; republished at once when they changed."""
+        merged = {**self._gateway_fields, **fields}
+        if merged != self._gateway_fields:
+            self._gateway_fields = merged
+            self._gateway_dirty = True
+            self._wake.set()
 
     # -- the loop -------------------------------------------------------------------------------
+    def _credentials(self) -> tuple[str | None, str | None]:
+        cfg = self._config
+        username, password = cfg.username, None
+        for key, path in (
+            ("mqtt.username_file", cfg.username_file),
+            ("mqtt.password_file", cfg.password_file),
+        ):
+            if path is None:
+                continue
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError("config", key, str(path), f"a readable file ({exc.strerror})") from None
+            if not value:
+                raise ConfigError("config", key, str(path), "a file holding the value (it is empty)")
+            if key == "mqtt.username_file":
+                username = value
+            else:
+                password = value
+        return username, password
+
+    def _tls(self) -> ssl.SSLContext | None:
+        cfg = self._config
+        if cfg.tls is None:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("config", "mqtt.tls.ca_file", str(cfg.tls.ca_file),
+                              f"a readable PEM CA bundle ({exc})") from None  # fmt: skip
+        if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
+            try:
+                context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+            except (OSError, ssl.SSLError) as exc:
+                expected = f"a readable PEM certificate matching key_file ({exc})"
+                raise ConfigError("config", "mqtt.tls.cert_file", str(cfg.tls.cert_file), expected) from None
+        return context
+
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
-        password = None
-        if cfg.password_file is not None:
-            try:
-                password = cfg.password_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError("config", "mqtt.password_file", str(cfg.password_file),
-                                  f"a readable file ({exc.strerror})") from None  # fmt: skip
-        tls_context = None
-        if cfg.tls is not None:
-            try:
-                tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError("config", "mqtt.tls.ca_file", str(cfg.tls.ca_file),
-                                  f"a readable PEM CA bundle ({exc})") from None  # fmt: skip
-            if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
-                try:
-                    tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-                except (OSError, ssl.SSLError) as exc:
-                    expected = f"a readable PEM certificate matching key_file ({exc})"
-                    raise ConfigError(
-                        "config", "mqtt.tls.cert_file", str(cfg.tls.cert_file), expected
-                    ) from None
+        username, password = self._credentials()
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
             identifier=f"pumpgw-{self._gateway}",
-            username=cfg.username,
+            username=username,
             password=password,
             keepalive=cfg.keepalive_s,
-            tls_context=tls_context,
+            tls_context=self._tls(),
             will=aiomqtt.Will(self.status_topic, self._gateway_status("offline"), qos=1, retain=True),
         )
 
@@ -144,16 +243,13 @@ class MqttPublisher:
         """Publish until cancelled. Becomes ready at once: a broker being down is not a failure."""
         ready.set()
         backoff = self._backoff
-        failing = False
-        self.delivered_seq = await self._events.delivered_seq(DESTINATION)
-        self._marked_seq = self.delivered_seq
         while True:
+            problem: str | None = None
             try:
                 async with self._client() as client:
                     self.connected = True
-                    if failing:
+                    if await self.outbox.succeeded():
                         log.info("MQTT broker reachable again", extra={"broker": self._where()})
-                    failing = False
                     backoff.reset()
                     try:
                         self._gateway_dirty = False
@@ -168,25 +264,24 @@ class MqttPublisher:
                             await self._wake.wait()
                     finally:
                         self.connected = False
-                        if not failing:
-                            await self._say_offline(client)
+                        await self._say_offline(client)
             except aiomqtt.MqttError as exc:
-                self.connected = False
-                if not failing:
-                    log.warning(
-                        "MQTT broker unreachable; events stay in the local log until it is back",
-                        extra={"broker": self._where(), "error": str(exc)},
-                    )
-                failing = True
-                await asyncio.sleep(backoff.next())
+                problem = explain(exc, self._config)
+            except ConfigError as exc:
+                # A credential or certificate file that cannot be read: said, retried (it may be
+                # fixed without a restart), never a reason to stop monitoring pumps.
+                problem = str(exc)
             except EventLogError as exc:
                 # The log cannot be read (disk error, a damaged row): delivery waits, the pumps
                 # are still polled, and it is said once until delivery works again.
-                self.connected = False
-                if not failing:
-                    log.exception("cannot read the event log for delivery", extra={"error": str(exc)})
-                failing = True
-                await asyncio.sleep(backoff.next())
+                problem = f"cannot read the event log for delivery: {exc}"
+            self.connected = False
+            if problem is not None and await self.outbox.failed(problem):
+                log.warning(
+                    "MQTT delivery failing; events stay in the local log until it works",
+                    extra={"broker": self._where(), "error": problem},
+                )
+            await asyncio.sleep(backoff.next())
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         """On a clean stop: deliver what is already in the log, then say offline (the will is only
@@ -202,7 +297,7 @@ class MqttPublisher:
 
         try:
             await asyncio.shield(asyncio.wait_for(goodbye(), STOP_FLUSH_S))
-        except (aiomqtt.MqttError, TimeoutError):
+        except (aiomqtt.MqttError, EventLogError, TimeoutError):
             log.debug("could not flush and say offline on stop")
 
     def _where(self) -> str:
@@ -217,17 +312,12 @@ class MqttPublisher:
             await client.publish(
                 self.pump_topic(pump), json.dumps(self._pump_status[pump]).encode(), qos=1, retain=True
             )
-        while True:
-            # Record first what earlier acknowledgements left unrecorded (a stop can land between a
-            # PUBACK and the write below), so the outbox never lags behind what the broker has.
-            if self._marked_seq < self.delivered_seq:
-                await self._events.mark_delivered(DESTINATION, self.delivered_seq)
-                self._marked_seq = self.delivered_seq
-            batch = await self._events.read_after(self.delivered_seq, limit=100)
-            if not batch:
-                return
-            for event in batch:
+
+        async def send(events: Sequence[Event]) -> None:
+            for payload, last in encode_batches(events, self._config.batch_max_bytes):
                 # publish() at QoS 1 returns once the broker has acknowledged (PUBACK).
-                await client.publish(self.events_topic, json.dumps(event.as_dict()).encode(), qos=1)
-                log.debug("event published", extra={"seq": event.seq})
-                self.delivered_seq = event.seq
+                await client.publish(self.events_topic, payload, qos=1)
+                self.outbox.delivered_seq = last
+                log.debug("events published", extra={"seq": last})
+
+        await self.outbox.drain(send, batch=self._config.batch_max_events)

@@ -55,6 +55,7 @@ async def test_changes_become_events_and_polls_do_not(eventlog: EventLog) -> Non
         ("channel.state_changed", "alarm"),
         ("channel.alarm_raised", "occlusion-down"),
         ("channel.state_changed", "paused"),
+        ("infusion.paused", None),
         ("channel.alarm_cleared", "occlusion-down"),
         ("pump.link_lost", None),
         ("pump.link_restored", None),
@@ -66,7 +67,7 @@ async def test_changes_become_events_and_polls_do_not(eventlog: EventLog) -> Non
         "volume_infused_ml": "1.5",
         "drug": "Morphine",
     }
-    assert "3 consecutive failures" in events[6].payload["error"]
+    assert "3 consecutive failures" in events[7].payload["error"]
     # The volume-only poll did not republish the retained status (it refreshes every 10 s).
     statuses = [s for p, s in published]
     assert len(statuses) == 7
