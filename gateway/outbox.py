@@ -22,6 +22,7 @@ and its age, whether the destination is failing, since when and why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -211,6 +212,14 @@ class OutboxPart:
 
     async def run(self, ready: asyncio.Event) -> None:
         ready.set()
+        try:
+            await self._deliver_forever()
+        finally:
+            # A clean stop records what was acknowledged, so the next start does not send it again.
+            with contextlib.suppress(EventLogError):
+                await asyncio.shield(self.outbox.record())
+
+    async def _deliver_forever(self) -> None:
         while True:
             self.outbox.wake.clear()
             try:

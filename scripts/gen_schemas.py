@@ -2,7 +2,7 @@
 
 Run through ``scripts/gen-schemas`` (which sets up .venv first). ``--check`` writes nothing and
 exits 1 if a committed schema differs from what the code produces now; tests/test_library_schema.py
-makes the same comparison with :func:`render`, so the file and this script cannot drift apart.
+and tests/test_event_schema.py make the same comparison with :func:`render`, so the file and this script cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pumpgw.gateway import library
+from pumpgw.gateway import events, library
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Published file (relative to the repository root) -> the function that produces its schema.
 SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
     "docs/schema/drug-library-1.schema.json": library.json_schema,
+    "docs/schema/events-1.schema.json": events.json_schema,
 }
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.eventlog import EventStore
@@ -28,6 +29,7 @@ PUMPGW = str(Path(sys.executable).with_name("pumpgw"))
 
 #: The default rig: one pump of each protocol (`pumpgw rig up`).
 RIG_PUMPS = {"rig-modbus-1", "rig-modbus-rtu-1", "rig-newera-1", "rig-alaris-1"}
+EVENT_SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "schema" / "events-1.schema.json"
 EXAMPLE_LIBRARY = Path(__file__).resolve().parents[1] / "gateway" / "examples" / "drug-library.example.toml"
 EXAMPLE_HASH = parse_library(EXAMPLE_LIBRARY.read_bytes(), "example").hash
 
@@ -92,6 +94,11 @@ def check_state(state: Path) -> list[dict[str, object]]:
     finally:
         store.close()
     assert n == len(events) > 0
+    # Every event the running gateway wrote validates against the published schema (an
+    # independent validator, reading the file other tools read).
+    validator = Draft202012Validator(json.loads(EVENT_SCHEMA.read_text(encoding="utf-8")))
+    for event in events:
+        validator.validate(event)
     types = [e["type"] for e in events]
     assert types[0] == "gateway.started"
     assert types[-1] == "gateway.stopped"
