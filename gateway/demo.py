@@ -248,12 +248,25 @@ async def run_demo(
 
         def footer() -> str:
             seq = gateway.events.last_seq if gateway.events.is_open else 0
+            status = gateway.status.latest  # recomputed every few seconds
             if gateway.mqtt is None:
                 upstream = "MQTT off: events stay in the local log"
             else:
-                state = "connected" if gateway.mqtt.connected else "not connected"
+                state = "connected" if gateway.mqtt.connected else "NOT CONNECTED"
                 upstream = f"MQTT {mqtt_where} {state}, delivered up to #{gateway.mqtt.delivered_seq}"
-            return f"events: {seq} in {state_dir / EVENT_LOG_NAME} | {upstream} | Ctrl-C stops"
+                waiting = status.get("delivery", {}).get("mqtt", {})
+                if waiting.get("backlog"):
+                    upstream += (
+                        f", {waiting['backlog']} waiting (oldest {waiting['oldest_undelivered_age_s']} s)"
+                    )
+            line = f"events: {seq} in {state_dir / EVENT_LOG_NAME} | {upstream} | Ctrl-C stops"
+            health = gateway.events.health
+            if not health.ok:
+                line += f"\nEVENT LOG CANNOT WRITE: {health.reason} ({health.refused} events refused)"
+            reasons = status.get("auto_programming", {}).get("reasons", [])
+            if reasons:
+                line += "\nauto-programming unavailable: " + "; ".join(reasons)
+            return line
 
         view = TerminalView(
             lambda: list(gateway.monitor.pumps.values()), header, footer, stream, clock, tty=tty
