@@ -4,6 +4,10 @@ A real deployment points the gateway at the hospital's broker; this starts Debia
 as a child process with a throw-away configuration (loopback only, anonymous, no persistence),
 waits until it accepts connections, and stops it again. The child is asked by the kernel to die
 with its parent (``PR_SET_PDEATHSIG``), so even a killed gateway leaves no broker behind.
+
+The tests of TLS and credentials (tests/test_mqtt_security.py) also give it a server certificate
+(:class:`BrokerTls`, optionally requiring client certificates) and users with passwords (anonymous
+clients are then refused).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import os
 import shutil
 import signal
 import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,19 +44,91 @@ def die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
-def write_mosquitto_conf(workdir: Path, host: str, port: int, *, persistence: bool = False) -> Path:
-    """Write ``workdir/mosquitto.conf`` for a throw-away loopback broker; return its path."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS for the broker's listener (mosquitto.conf(5), "Certificate based SSL/TLS Support").
+
+    ``ca_file`` holds the CAs that client certificates must chain to; ``require_certificate`` makes
+    the broker refuse clients without a valid one (it then needs ``ca_file``).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_certificate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.require_certificate and self.ca_file is None:
+            raise ValueError("require_certificate needs ca_file (the CA that signs client certificates)")
+
+
+def write_mosquitto_conf(
+    workdir: Path,
+    host: str,
+    port: int,
+    *,
+    persistence: bool = False,
+    tls: BrokerTls | None = None,
+    password_file: Path | None = None,
+) -> Path:
+    """Write ``workdir/mosquitto.conf`` for a throw-away loopback broker; return its path.
+
+    Anonymous clients are allowed unless ``password_file`` (mosquitto_passwd(1) format) is given.
+    """
     stored = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
     # Started as root, mosquitto drops to the user "mosquitto", which cannot reach a private
     # work directory (pytest's and the demo's are 0700): this throw-away loopback broker stays
     # the user that started it.
     user = "user root\n" if os.geteuid() == 0 else ""
+    # Settings after "listener" belong to that listener; the others are global (mosquitto 2.0
+    # without per_listener_settings).
+    listener = f"listener {port} {host}\n"
+    if tls is not None:
+        listener += f"certfile {tls.cert_file}\nkeyfile {tls.key_file}\n"
+        if tls.ca_file is not None:
+            listener += f"cafile {tls.ca_file}\n"
+        listener += f"require_certificate {str(tls.require_certificate).lower()}\n"
+    if password_file is None:
+        auth = "allow_anonymous true\n"
+    else:
+        auth = f"allow_anonymous false\npassword_file {password_file}\n"
     conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} {host}\nallow_anonymous true\n{stored}{user}"
-        "log_dest stderr\nlog_type error\nlog_type warning\n"
-    )
+    conf.write_text(f"{listener}{auth}{stored}{user}log_dest stderr\nlog_type error\nlog_type warning\n")
     return conf
+
+
+def find_mosquitto_passwd() -> str | None:
+    """Path of mosquitto_passwd (Debian package mosquitto, in /usr/bin), or None."""
+    return shutil.which("mosquitto_passwd") or shutil.which(
+        "mosquitto_passwd", path="/usr/bin:/usr/sbin:/usr/local/bin"
+    )
+
+
+async def write_password_file(path: Path, users: Mapping[str, str]) -> None:
+    """Write a mosquitto password file (salted hashes) for ``users`` with mosquitto_passwd(1).
+
+    Raises EnvironmentProblem if mosquitto_passwd is missing or fails. The passwords are on its
+    command line (``-b``): fine for a throw-away test broker, not for a real one.
+    """
+    binary = find_mosquitto_passwd()
+    if binary is None:
+        raise EnvironmentProblem(
+            "mosquitto_passwd is not installed", "apt-get install mosquitto (scripts/bootstrap does it)"
+        )
+    for i, (username, password) in enumerate(users.items()):
+        create = ["-c"] if i == 0 else []  # -c: a new file, replacing an old one
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-b", *create, str(path), username, password,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise EnvironmentProblem(
+                f"mosquitto_passwd failed for user {username!r} with code {proc.returncode}: "
+                f"{out.decode(errors='replace').strip()}",
+                f"check that {path.parent} is writable",
+            )
 
 
 async def stop_child(proc: asyncio.subprocess.Process, what: str, grace_s: float = 5.0) -> None:
@@ -82,8 +161,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MosquittoBroker:
     """``async with MosquittoBroker(workdir) as broker:`` -> ``broker.host``, ``broker.port``.
 
-    Raises EnvironmentProblem if mosquitto is not installed or does not start within
-    ``start_timeout_s``.
+    ``tls``: the listener speaks TLS only. ``users`` (name -> password): only they may connect
+    (anonymous clients are refused).
+
+    Raises EnvironmentProblem if mosquitto (or, with ``users``, mosquitto_passwd) is not installed,
+    or mosquitto does not start within ``start_timeout_s``.
     """
 
     def __init__(
@@ -93,12 +175,18 @@ class MosquittoBroker:
         *,
         port: int = 0,
         persistence: bool = False,
+        tls: BrokerTls | None = None,
+        users: Mapping[str, str] | None = None,
         start_timeout_s: float = 10.0,
     ) -> None:
+        if users is not None and not users:
+            raise ValueError("users: give at least one user, or None for anonymous access")
         self.workdir = workdir
         self.host = host
         self.port = port  # 0: a free port is picked at the first start and kept for restarts
         self._persistence = persistence
+        self.tls = tls
+        self._users = dict(users) if users is not None else None
         self._start_timeout_s = start_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -111,7 +199,18 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port(self.host)
-        conf = write_mosquitto_conf(self.workdir, self.host, self.port, persistence=self._persistence)
+        password_file: Path | None = None
+        if self._users is not None:
+            password_file = self.workdir / "passwd"
+            await write_password_file(password_file, self._users)
+        conf = write_mosquitto_conf(
+            self.workdir,
+            self.host,
+            self.port,
+            persistence=self._persistence,
+            tls=self.tls,
+            password_file=password_file,
+        )
         # stderr to a file, not a pipe: a pipe nobody reads would block the broker once full.
         logfile = self.workdir / "mosquitto.log"
         with logfile.open("ab") as err:
@@ -136,24 +235,51 @@ class MosquittoBroker:
                     f"mosquitto exited at start with code {self._proc.returncode}: {' / '.join(tail)}",
                     f"check {conf} and {logfile}",
                 )
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                if loop.time() > deadline:
-                    await self.stop()
-                    raise EnvironmentProblem(
-                        f"mosquitto did not accept connections on {self.host}:{self.port} "
-                        f"within {self._start_timeout_s:g} s",
-                        f"check that loopback networking works, and {logfile}",
-                    ) from None
-                # Start-up poll: mosquitto gives no readiness signal we can wait on instead.
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            break
+            if await self._answers():
+                break
+            if loop.time() > deadline:
+                await self.stop()
+                raise EnvironmentProblem(
+                    f"mosquitto did not accept connections on {self.host}:{self.port} "
+                    f"within {self._start_timeout_s:g} s",
+                    f"check that loopback networking works, and {logfile}",
+                )
+            # Start-up poll: mosquitto gives no readiness signal we can wait on instead.
+            await asyncio.sleep(0.02)
         log.info("mosquitto broker listening", extra={"host": self.host, "port": self.port})
+
+    async def _answers(self) -> bool:
+        """True once the listener answers: it accepts a TCP connection and, with TLS, a handshake.
+
+        mosquitto listens before it loads the listener's certificate and key (src/net.c,
+        ``net__socket_listen``) and exits if they do not load, so for a TLS listener an accepted
+        TCP connection alone could come from a broker about to exit. The handshake checks only
+        that the broker speaks TLS with its certificate: no verification, no client certificate.
+        With ``require_certificate`` the broker logs one "peer did not return a certificate" for
+        it; expected.
+        """
+        context: ssl.SSLContext | None = None
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # a readiness probe on loopback, not a trust decision
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.host, self.port, ssl=context, server_hostname="" if context else None
+                ),
+                2.0,
+            )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, TimeoutError):
+            return False  # accepted, then closed or silent: not serving yet, or on its way out
+        except ssl.SSLError:
+            return True  # a TLS alert (a client certificate required, under TLS 1.2): it speaks TLS
+        except OSError:
+            return False  # not listening yet
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def wait(self) -> int:
         """Wait until the broker process ends; its exit code."""

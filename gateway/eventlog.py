@@ -32,19 +32,22 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from .clock import Clock
 from .errors import ChainBroken, EventLogError
 from .events import PAYLOADS, Event, EventType, NewEvent, Refs, payload_problem
+
+log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 #: ``PRAGMA user_version`` of a log in this format (event schema 1.x).
@@ -98,16 +101,30 @@ def event_hash(prev_hash: str, content: dict[str, Any]) -> str:
 
 
 def iso_ms(when: datetime) -> str:
-    """``2026-11-22T03:19:16.123Z``: the time format of the log."""
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-11-22T03:19:16.123Z``: the time format of the log (UTC). Raises ValueError for a
+    naive datetime: a time without a zone is never guessed."""
+    if when.tzinfo is None:
+        raise ValueError(f"{when.isoformat()} has no time zone")
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Uuid7:
-    """UUIDv7 (RFC 9562 §5.7) ids, strictly increasing within this process even within 1 ms."""
+    """UUIDv7 (RFC 9562 §5.7) ids, strictly increasing even within 1 ms, and across a restart once
+    :meth:`continue_after` was given the newest id already stored."""
 
     def __init__(self) -> None:
         self._last_ms = -1
         self._counter = 0
+
+    def continue_after(self, last_id: str) -> None:
+        """Hand out only ids above ``last_id`` (the newest in the log), even if the wall clock is
+        now behind it (a reboot without a real-time clock) or in the same millisecond."""
+        try:
+            value = uuid.UUID(last_id).int
+        except ValueError:
+            return  # not ours (edited): verify reports it; ids then follow the clock alone
+        self._last_ms = value >> 80
+        self._counter = (value >> 64) & 0xFFF
 
     def next(self, unix_ms: int) -> str:
         if unix_ms <= self._last_ms:
@@ -139,19 +156,21 @@ def _open_error(path: Path, exc: BaseException) -> EventLogError:
     """Say why the database cannot be opened, in terms of what to do about it."""
     text = str(exc)
     directory = path.parent
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
         return EventLogError(
             str(path),
             "is not an SQLite database (damaged, or another file): it was left untouched; move it "
             "aside (keep it for investigation) and start the gateway again to begin a new log",
         )
-    if directory.exists() and not os.access(directory, os.W_OK):
+    # os.path.isdir/exists, not Path.exists: they answer False for a directory this user cannot
+    # even search instead of raising PermissionError from inside this error report.
+    if os.path.isdir(directory) and not os.access(directory, os.W_OK):
         return EventLogError(
             str(path),
             f"the directory {directory} is not writable by this user (uid {os.geteuid()}); SQLite also "
             f"needs to create {path.name}-wal and {path.name}-shm beside the log ({text})",
         )
-    if path.exists() and not os.access(path, os.W_OK):
+    if os.path.exists(path) and not os.access(path, os.W_OK):
         return EventLogError(str(path), f"the log file is read-only for this user (uid {os.geteuid()})")
     return EventLogError(str(path), f"cannot open: {text}")
 
@@ -235,11 +254,20 @@ class EventStore:
                 f"was written in event-log format {version}, this gateway writes format {FORMAT_VERSION}: "
                 "it was left untouched; move it aside (an earlier pumpgw can still verify and export it)",
             )
+        if tables and "events" not in tables:
+            raise EventLogError(
+                str(self.path),
+                f"is an SQLite database but not a pumpgw event log (tables: {', '.join(sorted(tables))}): "
+                "it was left untouched; is the state directory right?",
+            )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-        row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        # One transaction: a crash cannot leave the tables without the format version, which the
+        # next start would take for a log of format 0.
+        db.executescript(f"BEGIN;\n{_SCHEMA}PRAGMA user_version = {FORMAT_VERSION};\nCOMMIT;")
+        row = db.execute("SELECT seq, hash, id FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            self._ids.continue_after(str(row[2]))
         anchor = db.execute("SELECT seq, hash FROM chain_anchor").fetchone()
         self._anchor: tuple[int, str] = (anchor[0], anchor[1]) if anchor else (0, GENESIS_HASH)
         self._last_seq: int = row[0] if row else self._anchor[0]
@@ -344,7 +372,10 @@ class EventStore:
         return max(0, self._last_seq - max(self.min_delivered(), self._anchor[0]))
 
     def time_of(self, seq: int) -> str | None:
-        row = self._db.execute("SELECT time FROM events WHERE seq = ?", (seq,)).fetchone()
+        try:
+            row = self._db.execute("SELECT time FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.Error as exc:
+            raise EventLogError(str(self.path), f"cannot read event {seq}: {exc}") from exc
         return None if row is None else str(row[0])
 
     def maintain(self) -> list[Event]:
@@ -356,7 +387,6 @@ class EventStore:
         undelivered = self.undelivered()
         percent = undelivered * 100 // rule.max_events
         if percent >= rule.warn_percent and not self._warned:
-            self._warned = True
             oldest = self.time_of(self._last_seq - undelivered + 1) if undelivered else None
             payload = {
                 "undelivered": undelivered,
@@ -366,6 +396,7 @@ class EventStore:
                 "destinations": list(rule.destinations),
             }
             written += self.append([NewEvent(EventType.LOG_NEAR_CAPACITY, payload)])
+            self._warned = True  # only once written: a warning refused by a full disk is retried
         elif percent < rule.warn_percent - 5:
             self._warned = False  # hysteresis: a backlog hovering at the line does not flood the log
         stored = self._last_seq - self._anchor[0]
@@ -388,7 +419,8 @@ class EventStore:
         count = through - self._anchor[0]
         payload = {"count": count, "through_seq": through, "through_hash": row[0]}
         now, mono = self._clock.wall(), self._clock.monotonic()
-        rows = self._rows([NewEvent(EventType.LOG_PRUNED, payload)], now)
+        extra = self._clock_step(now, mono)  # a step since the last commit is recorded, not absorbed
+        rows = self._rows([*extra, NewEvent(EventType.LOG_PRUNED, payload)], now)
         self._commit(
             rows,
             what=f"deleting {count} delivered event(s)",
@@ -419,9 +451,12 @@ class EventStore:
         return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
 
     def delivered_seq(self, destination: str) -> int:
-        row = self._db.execute(
-            "SELECT delivered_seq FROM outbox WHERE destination = ?", (destination,)
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT delivered_seq FROM outbox WHERE destination = ?", (destination,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise EventLogError(str(self.path), f"cannot read the delivery of {destination}: {exc}") from exc
         return int(row[0]) if row else 0
 
     def mark_delivered(self, destination: str, seq: int) -> None:
@@ -436,8 +471,14 @@ class EventStore:
             raise _write_error(self.path, exc, f"recording delivery to {destination}") from exc
 
     def verify(self) -> int:
-        """Check the whole hash chain; return the number of events. Raises ChainBroken."""
-        return _verify_db(self._db, str(self.path)).count
+        """Check the whole hash chain; return the number of events.
+
+        Raises ChainBroken at the first bad event, EventLogError if the file cannot be read.
+        """
+        try:
+            return _verify_db(self._db, str(self.path)).count
+        except sqlite3.Error as exc:  # a damaged page: as verify_file says it, not a traceback
+            raise EventLogError(str(self.path), f"cannot read: {exc}") from exc
 
 
 def _with_hashes(e: Event, prev: str, digest: str) -> Event:
@@ -470,12 +511,15 @@ def iter_events(
     Raises ChainBroken naming the first row that cannot be read back as an event.
     """
     # ``where`` is built by our own code from constant clauses; every value is a bound parameter.
-    cur = db.execute(f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq", tuple(params))  # noqa: S608
-    for row in cur:
-        try:
-            yield _row_to_event(row)
-        except _BadRow as bad:
-            raise ChainBroken(source, bad.seq, bad.reason) from None
+    try:
+        cur = db.execute(f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq", tuple(params))  # noqa: S608
+        for row in cur:
+            try:
+                yield _row_to_event(row)
+            except _BadRow as bad:
+                raise ChainBroken(source, bad.seq, bad.reason) from None
+    except sqlite3.Error as exc:
+        raise EventLogError(source, f"cannot read events: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -490,17 +534,25 @@ class Verified:
 
 def open_read_only(path: Path) -> sqlite3.Connection:
     """Open the log at ``path`` read-only (nothing is created or changed). Raises EventLogError."""
-    if not path.exists():
-        raise EventLogError(str(path), "no such event log (is the state directory right?)")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        exists = path.is_file()
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    if not exists:
+        raise EventLogError(str(path), "no such event log (is the state directory right?)")
+    db: sqlite3.Connection | None = None
+    try:
+        # A file: URI built by pathlib, so "#" or "?" in a directory name cannot drop mode=ro.
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
     except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
         raise _open_error(path, exc) from exc
     if "events" not in tables:
         db.close()
         raise EventLogError(str(path), "not a pumpgw event log (no events table)")
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version != FORMAT_VERSION:
         db.close()
         raise EventLogError(
@@ -562,6 +614,24 @@ def verify_events(
             raise ChainBroken(source, e.seq, "content does not match its hash (edited)")
         prev, expected_seq, n = e.hash, expected_seq + 1, n + 1
     return n, expected_seq - 1, prev
+
+
+def _envelope_problem(pump: object, channel: object, refs: Refs) -> str | None:
+    """Why the where/who of an event cannot be stored (checked before queueing, so one bad
+    event never fails the group commit of others), or None."""
+    if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+        return f"channel {channel!r} is not a whole number"
+    named = {"pump": pump, "patient": refs.patient, "order": refs.order, "clinician": refs.clinician}
+    for key, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{key} {value!r} is not text"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{key} {value!r} is not valid Unicode text"
+    return None
 
 
 @dataclass(frozen=True)
@@ -676,8 +746,11 @@ class EventLog:
             raise EventLogError(str(self.path), f"{type} payload is not plain JSON: {exc}") from None
         if (problem := payload_problem(type, payload)) is not None:
             raise EventLogError(str(self.path), f"{type} payload does not fit the schema: {problem}")
+        refs = refs or Refs()
+        if (problem := _envelope_problem(pump, channel, refs)) is not None:
+            raise EventLogError(str(self.path), f"{type} event refused: {problem}")
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        await self._queue.put((NewEvent(type, payload, pump, channel, refs or Refs()), fut))
+        await self._queue.put((NewEvent(type, payload, pump, channel, refs), fut))
         return await fut
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -749,8 +822,10 @@ class EventLog:
             self._maintained_at = store.last_seq
             try:
                 store.maintain()
-            except EventLogError as exc:
-                self._failed(exc, 0)
+            except Exception:
+                # The batch above is committed whatever happens here, and its callers are told so.
+                # Retention is tried again at the next pass; a full disk shows at the next commit.
+                log.exception("the retention pass of the event log failed; it is tried again later")
         return stored
 
     def subscribe(self, signal: asyncio.Event) -> None:

@@ -90,30 +90,50 @@ def _join(group: list[bytes]) -> bytes:
     return group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]"
 
 
-def explain(exc: BaseException, config: MqttSection) -> str:
-    """An MQTT failure in the words an engineer needs: what failed and which setting to check."""
+def explain(
+    exc: BaseException, config: MqttSection, *, connecting: bool = False, username: str | None = None
+) -> str:
+    """An MQTT failure in the words an engineer needs: what failed and which setting to check.
+
+    ``connecting``: the failure came before the broker accepted the connection; ``username``: the
+    user name that was sent (from ``username`` or ``username_file``).
+    """
     text = str(exc)
     where = f"{config.host}:{config.port}"
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
     if isinstance(code, int) and code in (4, 5, 134, 135):
-        who = f"user {config.username!r}" if config.username else "an anonymous client"
+        who = f"user {username!r}" if username else "an anonymous client (no user name is configured)"
+        user_key = "mqtt.username_file" if config.username_file is not None else "mqtt.username"
         return (
-            f"the broker {where} refused the credentials of {who} ({text}): check mqtt.username and "
+            f"the broker {where} refused the credentials of {who} ({text}): check {user_key} and "
             "mqtt.password_file, and the broker's access list"
         )
     lowered = text.lower()
+    if "mismatch" in lowered and "certificate" in lowered:
+        return (
+            f"TLS: the broker's certificate is not issued for mqtt.host = {config.host!r} ({text}): "
+            "connect by the name (or address) in its certificate"
+        )
     if "certificate verify failed" in lowered or "certificate_verify_failed" in lowered:
         return (
-            f"TLS: the broker {where} presented a certificate that mqtt.tls.ca_file does not trust, or "
-            f"for another host name ({text})"
+            f"TLS: the broker {where} presented a certificate that mqtt.tls.ca_file does not trust ({text})"
         )
-    if "ssl" in lowered or "tls" in lowered or "wrong version number" in lowered:
+    tls_words = ("ssl", "tls", "wrong version number", "reset by peer", "eof occurred", "unexpected eof")
+    if config.tls is not None and any(w in lowered for w in tls_words):
         return (
             f"TLS handshake with the broker {where} failed ({text}): does the port speak TLS, as configured?"
         )
     if "refused" in lowered:
         return f"the broker {where} refused the connection ({text}): is it running, on that port?"
+    if connecting and "timed out" in lowered:
+        if config.tls is None:
+            hint = "if the port speaks TLS (often 8883), configure [mqtt.tls]"
+        elif config.tls.cert_file is None:
+            hint = "if the broker requires a client certificate, set mqtt.tls.cert_file and mqtt.tls.key_file"
+        else:
+            hint = "is the broker overloaded, or does it expect another protocol on this port?"
+        return f"the broker {where} did not accept the MQTT connection in time ({text}): {hint}"
     return f"the broker {where}: {text}"
 
 
@@ -225,9 +245,8 @@ class MqttPublisher:
                 raise ConfigError("config", "mqtt.tls.cert_file", str(cfg.tls.cert_file), expected) from None
         return context
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, username: str | None, password: str | None) -> aiomqtt.Client:
         cfg = self._config
-        username, password = self._credentials()
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -245,8 +264,12 @@ class MqttPublisher:
         backoff = self._backoff
         while True:
             problem: str | None = None
+            connecting = True
+            username: str | None = None
             try:
-                async with self._client() as client:
+                username, password = self._credentials()
+                async with self._client(username, password) as client:
+                    connecting = False
                     self.connected = True
                     if await self.outbox.succeeded():
                         log.info("MQTT broker reachable again", extra={"broker": self._where()})
@@ -266,7 +289,7 @@ class MqttPublisher:
                         self.connected = False
                         await self._say_offline(client)
             except aiomqtt.MqttError as exc:
-                problem = explain(exc, self._config)
+                problem = explain(exc, self._config, connecting=connecting, username=username)
             except ConfigError as exc:
                 # A credential or certificate file that cannot be read: said, retried (it may be
                 # fixed without a restart), never a reason to stop monitoring pumps.
