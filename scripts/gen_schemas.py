@@ -2,7 +2,8 @@
 
 Run through ``scripts/gen-schemas`` (which sets up .venv first). ``--check`` writes nothing and
 exits 1 if a committed schema differs from what the code produces now; tests/test_library_schema.py
-and tests/test_event_schema.py make the same comparison with :func:`render`, so the file and this script cannot drift apart.
+and tests/test_event_schema.py make the same comparison with :func:`render`, so the files and this
+script cannot drift apart.
 """
 
 from __future__ import annotations

@@ -1088,11 +1088,11 @@ def test_a_page_damaged_inside_the_file_is_reported_by_verify(tmp_path: Path) ->
     path = tmp_path / "state" / "events.sqlite3"
     path.parent.mkdir()
     path.write_bytes(bytes(data))
-    with pytest.raises(EventLogError, match="cannot read.*: database disk image is malformed"):
+    with pytest.raises(EventLogError, match=r"cannot read.*: database disk image is malformed"):
         verify_file(path)
     with (
         opened(path) as s,
-        pytest.raises(EventLogError, match="cannot read.*: database disk image is malformed"),
+        pytest.raises(EventLogError, match=r"cannot read.*: database disk image is malformed"),
     ):
         s.verify()
 
