@@ -26,6 +26,7 @@ from pumpgw.gateway.ders import (
 )
 from pumpgw.gateway.dose import Concentration, convert
 from pumpgw.gateway.errors import DersError
+from pumpgw.gateway.events import EventType, payload_problem
 from pumpgw.gateway.library import Library, parse_library
 from pumpgw.gateway.quantity import Quantity, base_value, known_units
 
@@ -673,3 +674,23 @@ def test_no_input_makes_the_evaluator_raise(
         assert result.rate_ml_h is not None
     if result.verdict is Verdict.BLOCKED:
         assert result.rate_ml_h is None
+
+
+@pytest.mark.parametrize(
+    ("programming", "overrides"),
+    [
+        (fentanyl(), []),
+        (fentanyl(dose_rate=q("250 ug/h")), [Override("dose", "RN A. Nurse", REASON)]),
+        (fentanyl(dose_rate=q("250 ug/h"), vtbi=q("10 mL")), [Override("dose", "", REASON)]),
+        (fentanyl(dose_rate=q("350 ug/h")), [Override("dose", "Dr B", REASON)]),
+        (fentanyl(concentration=q("10 ug/mL")), []),
+        (noradrenaline(weight=None), []),
+        (noradrenaline(), []),
+    ],
+)
+def test_the_audit_payload_fits_the_published_event_schema(
+    programming: Programming, overrides: list[Override]
+) -> None:
+    # What ders.result events carry (docs/schema/events-1.schema.json), for every kind of verdict.
+    result = evaluate(programming, library(), overrides=overrides)
+    assert payload_problem(EventType.DERS_RESULT, result.as_event()) is None
