@@ -100,6 +100,23 @@ def event_hash(prev_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(f"{prev_hash}\n{canonical_json(content)}".encode()).hexdigest()
 
 
+_scalar_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: The keys of Event.content(), sorted as canonical JSON sorts them.
+_CONTENT_KEYS = ("channel", "clinician", "gateway", "id", "order", "patient", "payload", "pump", "seq",
+                 "time", "type")  # fmt: skip
+
+
+def _content_json(e: Event, payload_json: str) -> str:
+    """``canonical_json(e.content())``, built around the payload's JSON already made (the writer
+    stores that same text): one encoding of the payload per event instead of two. verify() checks
+    with :func:`event_hash`, so the two can never disagree unnoticed."""
+    parts = [
+        f'"{key}":{payload_json if key == "payload" else _scalar_json(getattr(e, key))}'
+        for key in _CONTENT_KEYS
+    ]
+    return "{" + ",".join(parts) + "}"
+
+
 def iso_ms(when: datetime) -> str:
     """``2026-11-22T03:19:16.123Z``: the time format of the log (UTC). Raises ValueError for a
     naive datetime: a time without a zone is never guessed."""
@@ -223,6 +240,7 @@ class EventStore:
         self._lock = _Lock(path)
         self._warned = False
         self._clock_mark: tuple[datetime, float] | None = None
+        self._payload_json: dict[int, str] = {}  # seq -> the payload's canonical JSON, until committed
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(path)
@@ -327,12 +345,15 @@ class EventStore:
             e = Event(seq, self._ids.next(unix_ms), time, self.gateway, str(new.type), new.pump,
                       new.channel, refs.patient, refs.order, refs.clinician, new.payload, "", "")  # fmt: skip
             try:
-                digest = event_hash(prev, e.content())
-            except (TypeError, ValueError) as exc:
+                payload_json = canonical_json(new.payload)
+                content = f"{prev}\n{_content_json(e, payload_json)}".encode()
+            except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
                 raise EventLogError(
                     str(self.path), f"{new.type} payload is not plain JSON (strings, numbers, lists): {exc}"
                 ) from None
+            digest = hashlib.sha256(content).hexdigest()
             rows.append(_with_hashes(e, prev, digest))
+            self._payload_json[seq] = payload_json
             prev = digest
         return rows
 
@@ -340,18 +361,20 @@ class EventStore:
         self, rows: Sequence[Event], *, what: str, before: Sequence[tuple[str, tuple[Any, ...]]] = ()
     ) -> None:
         """Insert ``rows`` (after running ``before``) in one transaction; then advance the chain."""
+        made, self._payload_json = self._payload_json, {}
+        values = [
+            (e.seq, e.id, e.time, e.gateway, e.type, e.pump, e.channel, e.patient, e.order,
+             e.clinician, made.get(e.seq) or canonical_json(e.payload), e.prev_hash, e.hash)
+            for e in rows
+        ]  # fmt: skip
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for sql, params in before:
                 self._db.execute(sql, params)
             self._db.executemany(
                 f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                [
-                    (e.seq, e.id, e.time, e.gateway, e.type, e.pump, e.channel, e.patient, e.order,
-                     e.clinician, canonical_json(e.payload), e.prev_hash, e.hash)
-                    for e in rows
-                ],
-            )  # fmt: skip
+                values,
+            )
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
@@ -741,7 +764,7 @@ class EventLog:
         if not isinstance(type, EventType):
             raise EventLogError(str(self.path), f"unknown event type {type!r}")
         try:
-            json.dumps(payload, allow_nan=False)
+            canonical_json(payload).encode()  # plain JSON, and text that UTF-8 can carry
         except (TypeError, ValueError) as exc:
             raise EventLogError(str(self.path), f"{type} payload is not plain JSON: {exc}") from None
         if (problem := payload_problem(type, payload)) is not None:
