@@ -102,7 +102,9 @@ def explain(
     where = f"{config.host}:{config.port}"
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
-    if isinstance(code, int) and code in (4, 5, 134, 135):
+    # 4/5 (MQTT 3.1.1) and 134/135 (MQTT 5) are refused credentials only in a CONNACK; after the
+    # connection, paho's own code 4 means "not connected" (the broker went away mid-publish).
+    if connecting and isinstance(code, int) and code in (4, 5, 134, 135):
         who = f"user {username!r}" if username else "an anonymous client (no user name is configured)"
         user_key = "mqtt.username_file" if config.username_file is not None else "mqtt.username"
         return (

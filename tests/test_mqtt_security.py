@@ -35,7 +35,7 @@ from pumpgw.gateway.config import MqttSection, MqttTls
 from pumpgw.gateway.errors import EnvironmentProblem
 from pumpgw.gateway.eventlog import EventLog
 from pumpgw.gateway.events import EventType
-from pumpgw.gateway.mqtt import MqttPublisher
+from pumpgw.gateway.mqtt import MqttPublisher, explain
 
 GATEWAY = "gw-test"
 GW_USER, GW_PASSWORD = "gw", "gw-secret"
@@ -639,3 +639,17 @@ async def test_a_tls_broker_whose_certificate_does_not_load_fails_to_start(
     with pytest.raises(EnvironmentProblem, match="Unable to load server certificate"):
         await broker.start()
     await broker.stop()
+
+
+# --- what a code means depends on when it came ------------------------------------------------------
+
+
+def test_code_4_after_the_connection_is_a_lost_connection_not_refused_credentials() -> None:
+    """paho's code 4 is "bad user name or password" in a CONNACK but "not connected" when a publish
+    fails after the broker went away: only the first may send the engineer to the credentials."""
+    cfg = MqttSection(host="broker.example", port=1883, username="gw")
+    lost = explain(aiomqtt.MqttCodeError(4, "Could not publish"), cfg, connecting=False, username="gw")
+    refused = explain(aiomqtt.MqttCodeError(4, "Connection refused"), cfg, connecting=True, username="gw")
+    assert "credentials" not in lost and "not currently connected" in lost, lost
+    assert "broker.example:1883" in lost
+    assert "refused the credentials of user 'gw'" in refused and "mqtt.username" in refused, refused
