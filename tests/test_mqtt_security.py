@@ -650,6 +650,8 @@ def test_code_4_after_the_connection_is_a_lost_connection_not_refused_credential
     cfg = MqttSection(host="broker.example", port=1883, username="gw")
     lost = explain(aiomqtt.MqttCodeError(4, "Could not publish"), cfg, connecting=False, username="gw")
     refused = explain(aiomqtt.MqttCodeError(4, "Connection refused"), cfg, connecting=True, username="gw")
-    assert "credentials" not in lost and "not currently connected" in lost, lost
+    assert "credentials" not in lost, lost
+    assert "not currently connected" in lost, lost
     assert "broker.example:1883" in lost
-    assert "refused the credentials of user 'gw'" in refused and "mqtt.username" in refused, refused
+    assert "refused the credentials of user 'gw'" in refused, refused
+    assert "mqtt.username" in refused, refused
