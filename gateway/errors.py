@@ -193,3 +193,33 @@ class EnvironmentProblem(PumpGwError):
         self.what = what
         self.fix = fix
         super().__init__(f"{what}; to fix: {fix}")
+
+
+class Hl7Error(PumpGwError):
+    """An HL7 v2 message that cannot be read or built; ``detail`` names the segment and field."""
+
+    def __init__(self, detail: str, *, control_id: str | None = None) -> None:
+        self.detail = detail
+        self.control_id = control_id
+        where = f" (message {control_id})" if control_id else ""
+        super().__init__(f"HL7{where}: {detail}")
+
+
+class MllpError(PumpGwError):
+    """The MLLP link to ``peer`` failed (refused, timed out, closed, a frame too large)."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        self.peer = peer
+        self.detail = detail
+        super().__init__(f"MLLP {peer}: {detail}")
+
+
+class FhirError(PumpGwError):
+    """A FHIR request or resource that failed; ``detail`` names the element or the HTTP status."""
+
+    def __init__(self, what: str, detail: str, *, status: int | None = None) -> None:
+        self.what = what
+        self.detail = detail
+        self.status = status
+        code = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"FHIR {what}{code}: {detail}")
