@@ -31,7 +31,6 @@ path: import this module only where FHIR is wanted (``tests/test_packaging.py`` 
 
 from __future__ import annotations
 
-import unicodedata
 from decimal import Decimal
 from typing import Any, Final
 
@@ -57,22 +56,30 @@ from pumpgw.gateway.events import (
     ReconciliationResult,
     ScanRejected,
 )
+from pumpgw.gateway.quantity import Quantity
+
+from .administration import (
+    MDC,
+    Administered,
+    AdministrationStatus,
+    fhir_text,
+    medication_administration,
+    order_reference,
+    patient_reference,
+    practitioner_reference,
+    pump_reference,
+)
 
 # -- code systems and identifier namespaces ------------------------------------------------------
 
 EVENT_SYSTEM: Final = "urn:pumpgw:event"  # Identifier.system of every resource: value = the event id
 EVENT_TYPE_SYSTEM: Final = "urn:pumpgw:event-type"  # AuditEvent.subtype: the event type, as logged
 GATEWAY_SYSTEM: Final = "urn:pumpgw:gateway"  # the gateway Device: value = gateway id (as MQTT's source)
-PUMP_SYSTEM: Final = "urn:pumpgw:pump"  # a pump Device: value = "<gateway>/<pump>" (pump ids are per gateway)
 
-UCUM: Final = "http://unitsofmeasure.org"
-MDC: Final = "urn:iso:std:iso:11073:10101"  # IEEE 11073 MDC codes in FHIR (shared/reference/ihe-pcd.md)
 DICOM: Final = "http://dicom.nema.org/resources/ontology/DCM"
-V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
 SOURCE_TYPE: Final = "http://terminology.hl7.org/CodeSystem/security-source-type"
 ENTITY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
-DATA_ABSENT: Final = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 
 # IHE PCD-04 (ACM) codes, as in the IHE TF-2 example (shared/reference/hl7-examples/09_pcd04_*.hl7).
 _MDC_EVT_ALARM: Final = {"system": MDC, "code": "196616", "display": "MDC_EVT_ALARM"}
@@ -87,10 +94,9 @@ _PERSON: Final = {"system": ENTITY_TYPE, "code": "1", "display": "Person"}
 _SYSTEM_OBJECT: Final = {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}
 _ROLE_PATIENT: Final = {"system": OBJECT_ROLE, "code": "1", "display": "Patient"}
 _ROLE_RESOURCE: Final = {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
-_MRN: Final = {"coding": [{"system": V2_0203, "code": "MR", "display": "Medical record number"}]}
 
 # MedicationAdministration.status per infusion event (value set medication-admin-status).
-_STATUS: Final = {
+_STATUS: Final[dict[EventType, AdministrationStatus]] = {
     EventType.INFUSION_STARTED: "in-progress",
     EventType.INFUSION_RESUMED: "in-progress",
     EventType.INFUSION_RATE_CHANGED: "in-progress",
@@ -138,51 +144,49 @@ def event_to_fhir(event: Event) -> list[dict[str, Any]]:
 
 
 def _medication_administration(event: Event, type_: EventType, p: Infusion) -> dict[str, Any]:
-    status = _STATUS[type_]
+    status: AdministrationStatus = _STATUS[type_]
     if type_ is EventType.INFUSION_UNVERIFIED and p.state == "paused":
         status = "on-hold"
-    drug = _text(p.drug)
-    resource: dict[str, Any] = {
-        "resourceType": "MedicationAdministration",
-        "id": event.id,
-        "identifier": [_event_identifier(event)],
-        "status": status,
-        # The drug as the pump names it; no code is looked up. Unknown: the standard "absent" marker.
-        "medicationCodeableConcept": (
-            {"text": drug}
-            if drug is not None
-            else {"extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}]}
-        ),
-        "subject": _patient(event),
-        **_effective(event, type_),
-    }
-    if (clinician := _practitioner(_text(event.clinician))) is not None:
-        resource["performer"] = [{"actor": clinician}]
-    if (order := _order(event)) is not None:
-        resource["request"] = order
-    if (pump := _pump(event)) is not None:
-        resource["device"] = [pump]
     notes = [_pump_report(event, p)]
     if isinstance(p, InfusionUnverified):
         notes.append(f"Not verified against an order: {_text(p.reason) or 'no reason given'}")
-    resource["note"] = [{"text": note} for note in notes]
     # The rate is the one the pump reports while the infusion runs or is on hold. After completion
     # or a stop the reported rate is a KVO rate or a leftover setting, not the administration's
     # rate, so it stays in the note only (and a dosage needs a dose or a rate: FHIR invariant mad-1).
     # No route: the payload does not say how the line is placed (IV, epidural, subcutaneous ...).
     # No dose: volume_infused_ml is the pump's counter, which pumps clear at different moments.
+    rate = None
     if status in ("in-progress", "on-hold") and p.rate_ml_h is not None:
-        resource["dosage"] = {"rateQuantity": _quantity(p.rate_ml_h, "mL/h")}
-    return resource
+        rate = Quantity(Decimal(p.rate_ml_h), "mL/h")  # exact, with the payload's precision
+    at, start, end = _effective(event, type_)
+    happened = Administered(
+        event_id=event.id,
+        status=status,
+        at=at,
+        start=start,
+        end=end,
+        patient_id=_text(event.patient),
+        order_id=_text(event.order),
+        drug=_text(p.drug),
+        pump=_pump(event),
+        clinician=_text(event.clinician),
+        rate=rate,
+        notes=tuple(notes),
+    )
+    # Checked with the other resources of the event in event_to_fhir.
+    return medication_administration(
+        happened, identifier_system=EVENT_SYSTEM, resource_id=event.id, validate=False
+    )
 
 
-def _effective(event: Event, type_: EventType) -> dict[str, Any]:
-    # A snapshot knows one moment: the start of the infusion, its end, or a change while it runs.
+def _effective(event: Event, type_: EventType) -> tuple[str | None, str | None, str | None]:
+    """(at, start, end): a snapshot knows one moment: the start of the infusion, its end, or a
+    change while it runs."""
     if type_ is EventType.INFUSION_STARTED:
-        return {"effectivePeriod": {"start": event.time}}
+        return None, event.time, None
     if type_ in (EventType.INFUSION_COMPLETED, EventType.INFUSION_STOPPED):
-        return {"effectivePeriod": {"end": event.time}}
-    return {"effectiveDateTime": event.time}
+        return None, None, event.time
+    return event.time, None, None
 
 
 def _pump_report(event: Event, p: Infusion) -> str:
@@ -315,16 +319,15 @@ def _event_identifier(event: Event) -> dict[str, Any]:
 
 
 def _patient(event: Event) -> dict[str, Any]:
-    return {"type": "Patient", "identifier": {"type": _MRN, "value": _text(event.patient)}}
+    return patient_reference(_text(event.patient) or "")
 
 
 def _practitioner(badge: str | None) -> dict[str, Any] | None:
-    return None if badge is None else {"type": "Practitioner", "identifier": {"value": badge}}
+    return practitioner_reference(badge)
 
 
 def _order(event: Event) -> dict[str, Any] | None:
-    order = _text(event.order)
-    return None if order is None else {"type": "MedicationRequest", "identifier": {"value": order}}
+    return order_reference(_text(event.order))
 
 
 def _gateway(event: Event) -> dict[str, Any]:
@@ -338,11 +341,8 @@ def _gateway(event: Event) -> dict[str, Any]:
 def _pump(event: Event) -> dict[str, Any] | None:
     if (pump := _text(event.pump)) is None:
         return None
-    return {
-        "type": "Device",
-        "identifier": {"system": PUMP_SYSTEM, "value": f"{event.gateway}/{pump}"},
-        "display": _where(event),  # the channel is not a Device of its own here: it is named
-    }
+    # The channel is not a Device of its own here: it is named in the display.
+    return pump_reference(pump, gateway=event.gateway, display=_where(event))
 
 
 def _where(event: Event) -> str:
@@ -352,21 +352,7 @@ def _where(event: Event) -> str:
     return f"pump {pump}{channel} (gateway {event.gateway})"
 
 
-def _quantity(value: str, unit: str) -> dict[str, Any]:
-    # Decimal from the payload's text: exact, with its precision ("4.00" stays 4.00).
-    return {"value": Decimal(value), "unit": unit, "system": UCUM, "code": unit}
-
-
-def _text(value: str | None) -> str | None:
-    """``value`` as a FHIR string, or None when it holds nothing printable (no name, no identifier).
-
-    Control characters (FHIR strings may not hold them, XML cannot) are escaped as ``\\xNN``.
-    """
-    if value is None or not any(c.isprintable() and not c.isspace() for c in value):
-        return None
-    return "".join(
-        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" and c not in "\t\r\n" else c for c in value
-    )
+_text = fhir_text  # FHIR string or None; control characters escaped (fhir/administration.py)
 
 
 def _known_type(type_: str) -> EventType | None:

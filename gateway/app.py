@@ -37,6 +37,7 @@ from .config import (
 from .errors import ConfigError, EventLogError, LibraryError, PumpGwError
 from .eventlog import EventLog, Retention
 from .events import EventType
+from .hospital_links import HospitalLinks, receiver_names
 from .library_fitness import LibraryState
 from .monitor import BedsideMonitor
 from .mqtt import DESTINATION as MQTT_DESTINATION
@@ -384,7 +385,7 @@ class Gateway:
         retention = Retention(
             max_events=config.eventlog.max_events,
             warn_percent=config.eventlog.warn_percent,
-            destinations=(MQTT_DESTINATION,) if config.mqtt.enabled else (),
+            destinations=((MQTT_DESTINATION,) if config.mqtt.enabled else ()) + receiver_names(config),
         )
         self.events = EventLog(state_dir / EVENT_LOG_NAME, config.gateway.id, clock, retention=retention)
         self.mqtt: MqttPublisher | None = None
@@ -407,7 +408,16 @@ class Gateway:
             PumpPoller(make_driver(p), clock, [self.monitor], interval_s=p.poll_interval_s)
             for p in config.pumps
         ]
+        self.hospital = HospitalLinks(config, self.events, clock, self.pump_channels)
+        self.orders = self.hospital.orders
         self.status = StatusPart(self)
+
+    def pump_channels(self) -> dict[str, frozenset[str]]:
+        """Each configured pump and the channels it has reported (none yet before its first poll)."""
+        return {
+            pump: frozenset(str(c) for c in (view.channels if view is not None else {}))
+            for pump, view in ((p.id, self.monitor.pumps.get(p.id)) for p in self.config.pumps)
+        }
 
     def readiness(self, pump: str | None = None) -> Readiness:
         """Whether the gateway may auto-program now (``pump``: that pump too), and if not, why.
@@ -448,7 +458,9 @@ class Gateway:
         delivery = {}
         if self.mqtt is not None:
             delivery[MQTT_DESTINATION] = {**await self.mqtt.outbox.status(), "connected": self.mqtt.connected}
+        delivery.update(await self.hospital.delivery_status())
         status["delivery"] = delivery
+        status["orders"] = self.hospital.orders_status()
         ready = self.readiness()
         status["auto_programming"] = {"available": ready.allowed, "reasons": list(ready.reasons)}
         return status
@@ -457,6 +469,7 @@ class Gateway:
         parts: list[Part] = [EventLogPart(self.events, self.config.gateway.id), self.library, self.status]
         if self.mqtt is not None:
             parts.append(self.mqtt)
+        parts.extend(self.hospital.parts)
         parts.extend(self.pollers)
         parts.extend(extra)
         return parts

@@ -90,6 +90,142 @@ class LibrarySection(_Section):
     required: bool = True
 
 
+_APP_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_HOST_PATTERN = r"^[A-Za-z0-9.:_-]{1,253}$"
+
+
+class TlsFiles(_Section):
+    """TLS for an HL7 (MLLP) or FHIR link. As a client: ``ca_file`` (the peer's CA; none = the
+    system's), ``cert_file``/``key_file`` for a client certificate. As the PIV listener:
+    ``cert_file``/``key_file`` are the server's, ``ca_file`` (if given) requires client certificates
+    issued by it."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsFiles:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class Hl7Section(_Section):
+    """PIV orders in (RGV^O15 over MLLP) and the RRG^O16 answers to the order programmer."""
+
+    enabled: bool = False
+    listen_host: Annotated[str, Field(pattern=_HOST_PATTERN)] = "127.0.0.1"
+    listen_port: Annotated[int, Field(ge=0, le=65535)] = 2575  # 0: a free port the OS picks
+    # Where RRG^O16 goes (the order programmer's listener); none = no application acknowledgement
+    # is sent (the ACK^O15 still is), which an order programmer in enhanced mode will time out on.
+    order_programmer_host: Annotated[str, Field(pattern=_HOST_PATTERN)] | None = None
+    order_programmer_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    application: Annotated[str, Field(pattern=_APP_PATTERN)] = "PUMPGW"
+    facility: Annotated[str, Field(pattern=_APP_PATTERN)] | None = None
+    # Refuse an RGV^O15 whose MSH-21 lacks the PIV profile OID (the IHE examples carry none).
+    require_profile_oid: bool = False
+    # Orders made (ORC-9) longer ago than this are refused as stale (PIV error 9022).
+    stale_after_min: Annotated[int, Field(ge=1, le=1440)] = 15
+    max_message_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 1024 * 1024
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    idle_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
+    reply_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    tls: TlsFiles | None = None  # as the listener; the same files are used to reach the programmer
+
+    @model_validator(mode="after")
+    def _programmer_host_and_port(self) -> Hl7Section:
+        if (self.order_programmer_host is None) != (self.order_programmer_port is None):
+            raise ValueError("order_programmer_host and order_programmer_port must be given together")
+        if self.tls is not None and self.tls.cert_file is None:
+            raise ValueError("tls for the PIV listener needs cert_file and key_file (the server's)")
+        return self
+
+
+class FhirAuthSection(_Section):
+    """How the gateway authenticates to a FHIR server: a bearer token read from a file, or SMART
+    backend services (client credentials with a signed JWT)."""
+
+    token_file: Path | None = None
+    smart_token_url: str | None = None
+    smart_client_id: str | None = None
+    smart_key_file: Path | None = None
+    smart_key_id: str | None = None
+    smart_scope: str = "system/MedicationRequest.read system/MedicationAdministration.write"
+
+    @model_validator(mode="after")
+    def _one_method(self) -> FhirAuthSection:
+        smart = [self.smart_token_url, self.smart_client_id, self.smart_key_file, self.smart_key_id]
+        if self.token_file is not None and any(v is not None for v in smart):
+            raise ValueError("give token_file or the smart_* keys, not both")
+        if any(v is not None for v in smart) and not all(v is not None for v in smart):
+            raise ValueError("SMART backend services needs smart_token_url, smart_client_id, "
+                             "smart_key_file and smart_key_id")  # fmt: skip
+        return self
+
+
+class FhirSection(_Section):
+    """Orders over FHIR R4: the eMAR's server, asked for MedicationRequests on the patient scan."""
+
+    enabled: bool = False
+    base_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8080/fhir"
+    # The identifier system of the numbers on the wristbands (Patient.identifier.system), if the
+    # eMAR's patients carry one; without it the wristband number is searched in any system.
+    mrn_system: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    auth: FhirAuthSection | None = None
+    tls: TlsFiles | None = None
+
+
+class EprHl7Receiver(_Section):
+    """An EPR (or interface engine) that takes IHE PCD messages over MLLP."""
+
+    name: Annotated[str, Field(pattern=_ID_PATTERN)]
+    host: Annotated[str, Field(pattern=_HOST_PATTERN)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    # Which messages it wants: ipec (PCD-10 ORU^R42), acm (PCD-04 ORU^R40), dec (PCD-01 ORU^R01),
+    # ras (RAS^O17 administrations).
+    messages: list[Literal["ipec", "acm", "dec", "ras"]] = ["ipec", "acm"]
+    application: Annotated[str, Field(pattern=_APP_PATTERN)] | None = None
+    facility: Annotated[str, Field(pattern=_APP_PATTERN)] | None = None
+    reply_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # PID-3.4: the assigning authority of the patient ids on the wristbands, if the EPR wants it.
+    patient_id_authority: Annotated[str, Field(pattern=_APP_PATTERN)] | None = None
+    # The MDC codes of MDC_EVT_PUMP_DELIV_STOP and _COMP (from the IEEE 11073 term server) when
+    # the receiver needs numbers; without them the events are sent by reference id.
+    ipec_stop_code: Annotated[int, Field(ge=196608, le=262143)] | None = None
+    ipec_complete_code: Annotated[int, Field(ge=196608, le=262143)] | None = None
+    tls: TlsFiles | None = None
+
+
+class EprFhirReceiver(_Section):
+    """An EPR that takes MedicationAdministration (and the pump as a Device) over FHIR R4."""
+
+    name: Annotated[str, Field(pattern=_ID_PATTERN)]
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    auth: FhirAuthSection | None = None
+    tls: TlsFiles | None = None
+
+
+class EprSection(_Section):
+    """Where administrations are documented. Each receiver has its own outbox (docs/events.md)."""
+
+    hl7: list[EprHl7Receiver] = []
+    fhir: list[EprFhirReceiver] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EprSection:
+        names = [r.name for r in self.hl7] + [r.name for r in self.fhir]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"receiver name {doubled[0]!r} is used twice (each names an outbox)")
+        if "mqtt" in names:
+            raise ValueError("'mqtt' is the MQTT outbox's name; give this receiver another")
+        return self
+
+
 class _PumpBase(_Section):
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
     poll_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
@@ -157,6 +293,9 @@ class GatewayConfig(_Section):
     mqtt: MqttSection = MqttSection()
     eventlog: EventLogSection = EventLogSection()
     library: LibrarySection = LibrarySection()
+    hl7: Hl7Section = Hl7Section()
+    fhir: FhirSection = FhirSection()
+    epr: EprSection = EprSection()
     pumps: list[PumpConfig] = []
 
     @property
@@ -253,6 +392,27 @@ def check_files(config: GatewayConfig, source: str) -> None:
                 ("mqtt.tls.cert_file", config.mqtt.tls.cert_file),
                 ("mqtt.tls.key_file", config.mqtt.tls.key_file),
             ]
+
+    def tls(prefix: str, section: TlsFiles | None) -> None:
+        if section is not None:
+            keys = ("ca_file", "cert_file", "key_file")
+            files.extend((f"{prefix}.tls.{k}", getattr(section, k)) for k in keys)
+
+    def auth(prefix: str, section: FhirAuthSection | None) -> None:
+        if section is not None:
+            keys = ("token_file", "smart_key_file")
+            files.extend((f"{prefix}.auth.{k}", getattr(section, k)) for k in keys)
+
+    if config.hl7.enabled:
+        tls("hl7", config.hl7.tls)
+    if config.fhir.enabled:
+        tls("fhir", config.fhir.tls)
+        auth("fhir", config.fhir.auth)
+    for i, h in enumerate(config.epr.hl7):
+        tls(f"epr.hl7[{i}]", h.tls)
+    for i, f in enumerate(config.epr.fhir):
+        tls(f"epr.fhir[{i}]", f.tls)
+        auth(f"epr.fhir[{i}]", f.auth)
     for key, path in files:
         if path is None:
             continue

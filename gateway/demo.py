@@ -30,6 +30,7 @@ from .broker import MosquittoBroker, die_with_parent, find_mosquitto, stop_child
 from .clock import Clock
 from .config import parse_config
 from .errors import EnvironmentProblem, LibraryError, LibraryNotTrusted, PumpGwError
+from .rig_cli import hospital_sections
 from .view import TerminalView, library_line
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class RigProcess:
         self._logfile = logfile
         self._start_timeout_s = start_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
+        self.hospital: dict[str, Any] | None = None  # the eMAR's and EPR's endpoints, once started
 
     async def start(self) -> list[dict[str, Any]]:
         # The rig's log goes to a file: on a terminal it would tear the live table.
@@ -149,7 +151,9 @@ class RigProcess:
                 f"see {self._logfile}",
             ) from None
         try:
-            endpoints: list[dict[str, Any]] = json.loads(line)["pumps"]
+            started = json.loads(line)
+            endpoints: list[dict[str, Any]] = started["pumps"]
+            self.hospital = started.get("hospital")
         except (ValueError, KeyError, TypeError):
             await self.stop()
             raise EnvironmentProblem(
@@ -227,12 +231,15 @@ async def run_demo(
                 "mosquitto is not installed: events stay in the local log "
                 "(apt-get install mosquitto, or run scripts/bootstrap, to stream them over MQTT)"
             )
+        # The rig's eMAR sends PIV orders to the gateway, which documents to the rig's EPR.
+        hospital = hospital_sections(rig.hospital) if rig.hospital else {}
         config = parse_config(
             {
                 "gateway": {"id": "demo", "state_dir": str(state_dir)},
                 "mqtt": mqtt,
                 "library": library,
                 "pumps": endpoints,
+                **hospital,
             },
             "(demo configuration)",
         )
@@ -260,6 +267,16 @@ async def run_demo(
                         f", {waiting['backlog']} waiting (oldest {waiting['oldest_undelivered_age_s']} s)"
                     )
             line = f"events: {seq} in {state_dir / EVENT_LOG_NAME} | {upstream} | Ctrl-C stops"
+            epr = [
+                f"{name} {'FAILING' if d.get('failing') else 'ok'}, {d.get('backlog', 0)} waiting"
+                for name, d in status.get("delivery", {}).items()
+                if name != "mqtt"
+            ]
+            if epr:
+                orders = status.get("orders", {})
+                line += f"\nEPR: {'; '.join(epr)} | orders pending: {orders.get('pending', 0)}"
+                if rig.hospital and rig.hospital["emar"].get("gateway_piv"):
+                    line += " (send one: pumpgw rig emar send RIG-ORD-1 --dir " + str(state_dir / "rig") + ")"
             health = gateway.events.health
             if not health.ok:
                 line += f"\nEVENT LOG CANNOT WRITE: {health.reason} ({health.refused} events refused)"

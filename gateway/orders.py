@@ -58,6 +58,7 @@ class PivError(StrEnum):
 
 
 # HL7 table 0357 (message error condition codes), for problems no PIV code names.
+HL7_SEGMENT_SEQUENCE_ERROR: Final = "100"
 HL7_REQUIRED_FIELD_MISSING: Final = "101"
 HL7_DATA_TYPE_ERROR: Final = "102"
 HL7_TABLE_VALUE_NOT_FOUND: Final = "103"
@@ -300,3 +301,41 @@ class PendingOrders:
 
     def __len__(self) -> int:
         return len(self._orders)
+
+
+def received_payload(order: Order) -> dict[str, object]:
+    """The ``order.received`` event payload for ``order`` (gateway/events.py OrderReceived)."""
+    concentration = (
+        f"{order.concentration.amount} in {order.concentration.volume}"
+        if order.concentration is not None
+        else None
+    )
+    return {
+        "source": order.source.value,
+        "order_id": order.order_id,
+        "status": order.status,
+        "drug": order.drug.name or order.drug.code,
+        "drug_code": f"{order.drug.system}|{order.drug.code}" if order.drug.system else order.drug.code,
+        "dose": str(order.dose) if order.dose is not None else None,
+        "rate": str(order.dose_rate or order.rate) if (order.dose_rate or order.rate) else None,
+        "concentration": concentration,
+        "vtbi": str(order.vtbi) if order.vtbi is not None else None,
+        "duration": str(order.duration) if order.duration is not None else None,
+        "route": order.route,
+        "ordered_at": order.ordered_at.isoformat() if order.ordered_at and order.ordered_at.tzinfo else None,
+    }
+
+
+def rejected_payload(
+    source: OrderSource, order_id: str | None, problems: Iterable[OrderProblem]
+) -> dict[str, object]:
+    """The ``order.rejected`` payload: the first problem's code, every problem in the reason."""
+    found = list(problems)
+    if not found:
+        raise ValueError("an order.rejected event needs at least one problem")
+    return {
+        "source": source.value,
+        "order_id": order_id,
+        "code": str(found[0].code),
+        "reason": "; ".join(str(p) for p in found)[:4000],
+    }

@@ -49,6 +49,7 @@ def _build_dimensions() -> dict[str, dict[str, Decimal]]:
     dims: dict[str, dict[str, Decimal]] = {
         "time": {"s": Decimal(1), "min": Decimal(60), "h": Decimal(3600)},
         "body mass": {"kg": Decimal(1), "g{body}": Decimal("0.001")},
+        "length": {"m": Decimal(1), "cm": Decimal("0.01")},  # patient height (PIV OBX 68060)
         "area": {"m2": Decimal(1)},
         "pressure": {"mm[Hg]": Decimal(1)},
         "ratio": {"%": Decimal(1)},

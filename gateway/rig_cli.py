@@ -9,16 +9,22 @@ The rig's own code is in ``rig/``; this module is only the command line around i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from .broker import free_port
 from .cli_common import EXIT_CONFIG, EXIT_FAILED, default_state_dir, run_until_signal
 from .clock import SystemClock
 from .errors import ConfigError
+from .rig_hospital_cli import emar, epr
+
+if TYPE_CHECKING:
+    from pumpgw.rig.hospital import Hospital
 
 
 def default_rig_dir() -> Path:
@@ -49,7 +55,12 @@ def rig() -> None:
     pumpgw rig fault PUMP KIND          break a pump (KIND clear: mend it)
     pumpgw rig record PUMP FILE         record a pump's link to FILE
     pumpgw rig replay FILE              serve a recording as a pump
+    pumpgw rig emar ... / epr ...       the emulated eMAR and EPR (pumpgw rig emar --help)
     """
+
+
+rig.add_command(emar)
+rig.add_command(epr)
 
 
 @rig.command("up")
@@ -90,12 +101,18 @@ def rig() -> None:
     default=None,
     help="Pace serial links at this baud rate, as a real line (default: as fast as a PTY).",
 )
+@click.option(
+    "--hospital/--no-hospital",
+    default=True,
+    show_default=True,
+    help="Also run the emulated eMAR and EPR (pumpgw rig emar/epr; docs/rig.md).",
+)
 @_DIR_OPTION
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON line (pumps, config, control socket) instead of text.",
+    help="Print one JSON line (pumps, config, control socket, hospital) instead of text.",
 )
 def rig_up(
     modbus_tcp: int,
@@ -104,6 +121,7 @@ def rig_up(
     alaris: int,
     channels: int,
     baud: int | None,
+    hospital: bool,
     rig_dir: Path | None,
     as_json: bool,
 ) -> None:  # fmt: skip
@@ -135,18 +153,33 @@ def rig_up(
             channels=channels,
             baudrate=baud,
         )
-        async with bench, RigControlServer(bench, directory / SOCKET_NAME) as control:
+        hosp: Hospital | None = None
+        if hospital:  # the emulated eMAR and EPR, imported only when wanted (aiohttp: ~0.4 s)
+            from pumpgw.rig.hospital import Hospital
+
+            # The gateway's PIV listener, where `pumpgw rig emar send` sends orders by default.
+            hosp = Hospital(SystemClock(), gateway_piv=("127.0.0.1", free_port()))
+        control_server = RigControlServer(
+            bench, directory / SOCKET_NAME, delegate=hosp.handle if hosp is not None else None
+        )
+        async with bench, hosp or contextlib.nullcontext(), control_server as control:
             config = directory / "gateway.toml"
             config.write_text(
-                gateway_config(bench.endpoints(), directory / "gateway-state"), encoding="utf-8"
+                gateway_config(
+                    bench.endpoints(), directory / "gateway-state", hosp.endpoints() if hosp else None
+                ),
+                encoding="utf-8",
             )
             if as_json:
                 click.echo(json.dumps({"pumps": bench.endpoints(), "config": str(config),
-                                       "control": str(control.path)}))  # fmt: skip
+                                       "control": str(control.path),
+                                       "hospital": hosp.endpoints() if hosp else None}))  # fmt: skip
             else:
                 for pump in bench.endpoints():
                     where = pump.get("port") if "host" not in pump else f"{pump['host']}:{pump['port']}"
                     click.echo(f"{pump['id']:<18} {pump['driver']:<11} {where}")
+                for line in hosp.describe_lines() if hosp is not None else []:
+                    click.echo(line)
                 click.echo(f"gateway config: {config}  (pumpgw run --config {config})")
                 click.echo(f"control socket: {control.path}  (pumpgw rig fault PUMP KIND)")
                 click.echo("Ctrl-C stops the rig.")
@@ -156,8 +189,34 @@ def rig_up(
     run_until_signal(main_, None)
 
 
-def gateway_config(pumps: list[dict[str, Any]], state_dir: Path) -> str:
-    """A gateway configuration file (TOML) for ``pumps``, MQTT off."""
+def hospital_sections(hospital: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's ``[hl7]``, ``[fhir]`` and ``[epr]`` sections for the rig's eMAR and EPR
+    (``Hospital.endpoints()``): PIV orders from the eMAR, documentation to the EPR over HL7 and FHIR."""
+    emar, epr = hospital["emar"], hospital["epr"]
+    sections: dict[str, Any] = {
+        "fhir": {"enabled": True, "base_url": emar["fhir_base"], "mrn_system": emar["mrn_system"]},
+        "epr": {
+            "hl7": [{"name": "rig-epr-hl7", "host": epr["mllp_host"], "port": epr["mllp_port"],
+                     "messages": ["ipec", "acm", "ras"]}],
+            "fhir": [{"name": "rig-epr-fhir", "base_url": epr["fhir_base"]}],
+        },
+    }  # fmt: skip
+    if emar.get("gateway_piv"):
+        host, _, port = str(emar["gateway_piv"]).rpartition(":")
+        sections["hl7"] = {
+            "enabled": True,
+            "listen_host": host,
+            "listen_port": int(port),
+            "order_programmer_host": emar["rrg_host"],
+            "order_programmer_port": emar["rrg_port"],
+        }
+    return sections
+
+
+def gateway_config(
+    pumps: list[dict[str, Any]], state_dir: Path, hospital: dict[str, Any] | None = None
+) -> str:
+    """A gateway configuration file (TOML) for ``pumps`` (and the rig's eMAR and EPR), MQTT off."""
     lines = [
         "# Written by `pumpgw rig up` for the pumps it is running; see docs/configuration.md.",
         "[gateway]",
@@ -167,6 +226,14 @@ def gateway_config(pumps: list[dict[str, Any]], state_dir: Path) -> str:
         "[mqtt]",
         "enabled = false",
     ]
+    if hospital is not None:
+        sections = hospital_sections(hospital)
+        for name in ("hl7", "fhir"):
+            if name in sections:
+                lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in sections[name].items()]
+        for kind in ("hl7", "fhir"):
+            for receiver in sections["epr"][kind]:
+                lines += ["", f"[[epr.{kind}]]"] + [f"{k} = {_toml(v)}" for k, v in receiver.items()]
     for pump in pumps:
         lines += ["", "[[pumps]]"] + [f"{key} = {_toml(value)}" for key, value in pump.items()]
     return "\n".join(lines) + "\n"
@@ -177,6 +244,8 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 

@@ -39,10 +39,14 @@ _ESCAPES = {
 
 
 def escape(text: str) -> str:
-    """``text`` safe inside a field or component: delimiters and line breaks escaped (HL7 2.6 §2.7)."""
-    if not any(c in _ESCAPES for c in text):
+    """``text`` safe inside a field or component (HL7 2.6 §2.7): delimiters and line breaks escaped,
+    every other control character as ``\\Xhh\\`` (0x0b or 0x1c in a drug name would break MLLP
+    framing), and a value that is exactly ``""`` (which would read as the HL7 null) hex-escaped."""
+    if text == '""':
+        return "\\X22\\" + '"'
+    if not any(c in _ESCAPES or c < " " or c == "\x7f" for c in text):
         return text
-    return "".join(_ESCAPES.get(c, c) for c in text)
+    return "".join(_ESCAPES.get(c, f"\\X{ord(c):02X}\\" if c < " " or c == "\x7f" else c) for c in text)
 
 
 def components(*parts: str | None) -> str:

@@ -14,6 +14,10 @@ Wire format: one JSON object per line each way. Requests::
 
 Answers: ``{"ok": true, "detail": TEXT, "pumps": [...]?}`` or ``{"ok": false, "error": TEXT}``. A
 request the rig cannot carry out is answered with the reason; it never stops the rig.
+
+Other parts of the rig answer their own ops through ``delegate`` (the hospital: ``emar.*``, ``epr.*``,
+:mod:`pumpgw.rig.hospital`): an async callable that returns the answer, or None for an op it does
+not know, and never raises.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,14 +37,17 @@ from .faults import FaultError
 _LOG = logging.getLogger(__name__)
 _MAX_LINE: Final = 64 * 1024
 SOCKET_NAME: Final = "control.sock"
+#: Answers the ops of another part of the rig: the answer, or None when the op is not its own.
+Delegate = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class RigControlServer:
     """Serves ``rig`` on a Unix socket at ``path``. Use ``async with``."""
 
-    def __init__(self, rig: BenchRig, path: Path) -> None:
+    def __init__(self, rig: BenchRig, path: Path, *, delegate: Delegate | None = None) -> None:
         self.rig = rig
         self.path = path
+        self.delegate = delegate
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> RigControlServer:
@@ -60,12 +68,23 @@ class RigControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self.handle_line(line)).encode() + b"\n")
+                writer.write(json.dumps(await self.answer(line)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError) as exc:  # ValueError: a line over the limit
             _LOG.warning("rig control: connection dropped: %s", exc)
         finally:
             writer.close()  # not awaited: a rig stopping must not wait on a client
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """One request line → its answer, from ``delegate`` when it knows the op. Never raises."""
+        if self.delegate is not None:
+            try:
+                request = json.loads(line)
+            except ValueError:
+                request = None  # handle_line says what is wrong with it
+            if isinstance(request, dict) and (answer := await self.delegate(request)) is not None:
+                return answer
+        return self.handle_line(line)
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
         """One request line → its answer. Never raises."""

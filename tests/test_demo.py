@@ -221,7 +221,7 @@ def test_the_demo_signs_and_installs_the_example_library_and_reuses_its_keys(tmp
     keys = []
     for _ in range(2):
         run = subprocess.run(
-            [PUMPGW, "demo", "--duration", "1", "--no-mqtt", "--state-dir", str(state)],
+            [PUMPGW, "demo", "--duration", "3", "--no-mqtt", "--state-dir", str(state)],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
