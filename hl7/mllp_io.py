@@ -41,6 +41,7 @@ Reported: each problem is passed to ``on_problem(peer, text)`` and logged (logge
 ``pumpgw.hl7.mllp_io``, fields ``peer``, ``problem`` and ``tls_subject`` in ``extra``). ``text``
 starts with one of these kinds, then a colon and the details: ``garbage``, ``oversize``,
 ``truncated`` (the peer closed mid-frame), ``read timeout``, ``idle timeout``, ``handler error``,
+``closed by the handler`` (it raised :class:`CloseConnection`),
 ``reply not sent`` (the connection broke, or the peer did not read its replies within
 ``read_timeout_s``), ``connection lost``, ``too many connections``, ``tls handshake``, ``internal
 error`` (a bug in this module: the connection is closed, the server carries on).
@@ -189,6 +190,11 @@ class _Connection:
         # Until a TLS handshake succeeds, the stream's protocol is not the transport's: wait_closed()
         # would never return, so such a connection is aborted, not closed.
         self.orderly_close = False
+
+
+class CloseConnection(Exception):
+    """Raised by a handler to close the connection without a reply, on purpose (a receiver that
+    must look as if it went away: the rig's EPR in ``fail`` mode). Reported at INFO, no traceback."""
 
 
 class _Close(Exception):
@@ -415,6 +421,9 @@ class MllpServer:
         try:
             reply = await self._handler(message, peer)
             wire = None if reply is None else frame(reply)
+        except CloseConnection as exc:
+            self._report(peer, "closed by the handler", f"{exc}; no reply", logging.INFO)
+            raise _Close from exc
         except Exception as exc:  # the handler's bug: report it, drop this connection, keep serving
             self._report(
                 peer,

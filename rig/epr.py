@@ -78,7 +78,7 @@ from pumpgw.gateway.orders import HL7_APPLICATION_ERROR, HL7_UNSUPPORTED_MESSAGE
 from pumpgw.hl7.ack import build_ack, nak_for_unreadable
 from pumpgw.hl7.build import Party
 from pumpgw.hl7.message import parse_message
-from pumpgw.hl7.mllp_io import MllpServer, Peer
+from pumpgw.hl7.mllp_io import CloseConnection, MllpServer, Peer
 from pumpgw.hl7.validate import validate_strict
 
 log = logging.getLogger(__name__)
@@ -169,21 +169,6 @@ class _Stored:
     version: int
 
 
-class _FailMode(Exception):
-    """Raised from the MLLP handler on purpose: MllpServer then closes the connection unanswered."""
-
-
-class _QuietFailMode(logging.Filter):
-    """MllpServer logs a handler's exception as a bug, with its traceback; ``fail`` mode's is
-    deliberate (and logged by the EPR at INFO), so its record is dropped. No other record is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _FailMode))
-
-
-_QUIET_FAIL_MODE: Final = _QuietFailMode()
-
-
 def _problem_text(problem: OrderProblem) -> str:
     where = f"{problem.element}: " if problem.element else ""
     return f"{where}{problem.reason} (code {problem.code})"
@@ -216,7 +201,6 @@ class EmulatedEpr:
         """Listen for FHIR and MLLP. Raises EnvironmentProblem (MLLP) or OSError if a port is taken."""
         try:
             self._runner, self.fhir_port = await serve_http(self._app(), self.host, self.fhir_port)
-            logging.getLogger(MllpServer.__module__).addFilter(_QUIET_FAIL_MODE)  # idempotent
             self._mllp = MllpServer(
                 self._handle_hl7,
                 host=self.host,
@@ -349,7 +333,7 @@ class EmulatedEpr:
                 data, peer, kind, message.control_id if message else None, "dropped", ["epr mode fail"]
             )
             log.info("rig EPR in fail mode: connection from %s closed without a reply", peer)
-            raise _FailMode("the rig's EPR is in fail mode: connection closed without a reply")
+            raise CloseConnection("the rig's EPR is in fail mode")
         if message is None:
             self._record_hl7(data, peer, None, None, "AR", [unreadable.detail])
             return nak_for_unreadable(data, unreadable.detail, at=now, sender=_EPR_PARTY)

@@ -200,3 +200,92 @@ def test_run_refuses_a_missing_tls_file_with_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert f"mqtt.tls.ca_file = '{tmp_path}/nope.pem' is not valid: expected a readable file" in proc.stderr
+
+
+# --- [hl7], [fhir], [epr] ------------------------------------------------------------------------
+
+
+def test_hospital_sections_default_off() -> None:
+    cfg = GatewayConfig()
+    assert cfg.hl7.enabled is False
+    assert cfg.fhir.enabled is False
+    assert (cfg.epr.hl7, cfg.epr.fhir) == ([], [])
+    assert cfg.hl7.stale_after_min == 15
+
+
+def test_hospital_sections_load_with_every_key_checked(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "[hl7]\nenabled = true\nlisten_port = 2575\norder_programmer_host = 'emar.example'\n"
+            "order_programmer_port = 2576\nstale_after_min = 10\n"
+            "[fhir]\nenabled = true\nbase_url = 'https://emar.example/fhir'\nmrn_system = 'urn:oid:1.2.3'\n"
+            "[fhir.auth]\ntoken_file = '/etc/pumpgw/emar-token'\n"
+            "[[epr.hl7]]\nname = 'engine'\nhost = 'engine.example'\nport = 6661\nmessages = ['ipec', 'ras']\n"
+            "ipec_stop_code = 197289\n"
+            "[[epr.fhir]]\nname = 'epr'\nbase_url = 'https://epr.example/fhir'\n",
+        )
+    )
+    assert (cfg.hl7.order_programmer_host, cfg.hl7.order_programmer_port) == ("emar.example", 2576)
+    assert cfg.fhir.auth is not None
+    assert cfg.fhir.auth.token_file == Path("/etc/pumpgw/emar-token")
+    assert cfg.epr.hl7[0].messages == ["ipec", "ras"]
+    assert cfg.epr.fhir[0].name == "epr"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("[hl7]\norder_programmer_host = 'h'\n", "hl7", "given together"),
+        ("[hl7]\nstale_after_min = 0\n", "hl7.stale_after_min", "greater than or equal to 1"),
+        ("[hl7.tls]\nca_file = 'ca.pem'\n", "hl7", "needs cert_file and key_file"),
+        ("[fhir]\nbase_url = 'ftp://x'\n", "fhir.base_url", "match pattern"),
+        ("[fhir.auth]\ntoken_file = 't'\nsmart_client_id = 'c'\n", "fhir.auth", "not both"),
+        ("[fhir.auth]\nsmart_client_id = 'c'\n", "fhir.auth", "needs smart_token_url"),
+        ("[[epr.hl7]]\nname = 'e'\nhost = 'h'\nport = 1\nmessages = ['fax']\n", "epr.hl7[0].messages[0]", "ipec"),
+        ("[[epr.hl7]]\nname = 'e'\nhost = 'h'\nport = 1\nipec_stop_code = 5\n", "epr.hl7[0].ipec_stop_code", "196608"),
+        ("[[epr.hl7]]\nname = 'a'\nhost = 'h'\nport = 1\n[[epr.fhir]]\nname = 'a'\nbase_url = 'http://x'\n",
+         "epr", "used twice"),
+        ("[[epr.fhir]]\nname = 'mqtt'\nbase_url = 'http://x'\n", "epr", "MQTT outbox"),
+    ],
+)  # fmt: skip
+def test_hospital_section_mistakes_name_the_key(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key, str(info.value)
+    assert expected in str(info.value)
+
+
+def test_files_named_by_the_hospital_sections_are_checked_before_start(tmp_path: Path) -> None:
+    from pumpgw.gateway.config import check_files
+
+    cfg = load_config(
+        write(
+            tmp_path,
+            f"[[epr.fhir]]\nname = 'epr'\nbase_url = 'https://x'\n[epr.fhir.auth]\ntoken_file = '{tmp_path}/t'\n",
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        check_files(cfg, "gw.toml")
+    assert info.value.key == "epr.fhir[0].auth.token_file"
+
+
+def test_the_rig_writes_a_valid_config_for_its_hospital(tmp_path: Path) -> None:
+    """`pumpgw rig up` writes [hl7], [fhir] and [[epr.*]] for its eMAR and EPR (rig/hospital.py)."""
+    from pumpgw.gateway.rig_cli import gateway_config
+
+    hospital = {
+        "emar": {"fhir_base": "http://127.0.0.1:1/fhir", "mrn_system": "urn:pumpgw:rig:mrn",
+                 "rrg_host": "127.0.0.1", "rrg_port": 2, "gateway_piv": "127.0.0.1:3"},
+        "epr": {"fhir_base": "http://127.0.0.1:4/fhir", "mllp_host": "127.0.0.1", "mllp_port": 5},
+    }  # fmt: skip
+    path = tmp_path / "gateway.toml"
+    path.write_text(gateway_config([], tmp_path / "state", hospital))
+    cfg = load_config(path)
+    assert (cfg.hl7.enabled, cfg.hl7.listen_port, cfg.hl7.order_programmer_port) == (True, 3, 2)
+    assert cfg.fhir.mrn_system == "urn:pumpgw:rig:mrn"
+    assert [(r.name, r.port, r.messages) for r in cfg.epr.hl7] == [("rig-epr-hl7", 5, ["ipec", "acm", "ras"])]
+    assert [r.base_url for r in cfg.epr.fhir] == ["http://127.0.0.1:4/fhir"]
+    without = tmp_path / "plain.toml"
+    without.write_text(gateway_config([], tmp_path / "state"))
+    assert load_config(without).hl7.enabled is False

@@ -29,7 +29,7 @@ from tls_certs import Pki, make_pki
 
 from pumpgw.gateway.errors import Hl7Error, MllpError
 from pumpgw.hl7.mllp import END, START, Frame, Garbage, MllpDecoder, MllpEvent, Oversize, Truncated, frame
-from pumpgw.hl7.mllp_io import MllpClient, MllpServer, Peer, mllp_request
+from pumpgw.hl7.mllp_io import CloseConnection, MllpClient, MllpServer, Peer, mllp_request
 
 WAIT_S = 5.0
 
@@ -540,6 +540,28 @@ async def test_a_handler_that_raises_costs_its_connection_not_the_server() -> No
         report = await problems.wait_for("handler error")
         assert "RuntimeError: handler bug" in report
         assert srv.accepted == 2
+
+
+async def test_a_handler_may_close_the_connection_on_purpose_without_a_bug_report(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CloseConnection: the receiver looks gone (the rig's EPR in fail mode), reported at INFO."""
+    problems = Problems()
+
+    async def handler(message: bytes, peer: Peer) -> bytes:
+        if message == b"drop":
+            raise CloseConnection("told to drop it")
+        return b"ACK|" + message
+
+    async with MllpServer(handler, on_problem=problems) as srv:
+        async with MllpClient("127.0.0.1", srv.port) as client:
+            with pytest.raises(MllpError, match="before it answered"):
+                await client.request(b"drop")
+            assert await client.request(b"next") == b"ACK|next"
+        report = await problems.wait_for("closed by the handler")
+        assert "told to drop it" in report
+    assert not [r for r in caplog.records if r.exc_info], "a deliberate close is not a bug: no traceback"
+    assert not [r for r in caplog.records if "handler error" in r.getMessage()]
 
 
 async def test_a_reply_that_cannot_be_framed_is_a_handler_error() -> None:
