@@ -13,36 +13,19 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .broker import free_port
-from .cli_common import EXIT_CONFIG, EXIT_FAILED, default_state_dir, run_until_signal
+from .cli_common import EXIT_CONFIG, EXIT_FAILED, run_until_signal
 from .clock import SystemClock
 from .errors import ConfigError
+from .rig_cli_common import DIR_OPTION, ask_rig, default_rig_dir, die
 from .rig_hospital_cli import emar, epr
 
 if TYPE_CHECKING:
     from pumpgw.rig.hospital import Hospital
-
-
-def default_rig_dir() -> Path:
-    return default_state_dir("rig")
-
-
-_DIR_OPTION = click.option(
-    "--dir",
-    "rig_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The rig's directory: gateway.toml and control.sock (default: $XDG_STATE_HOME/pumpgw/rig).",
-)
-
-
-def _die(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"pumpgw rig: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group()
@@ -107,7 +90,7 @@ rig.add_command(epr)
     show_default=True,
     help="Also run the emulated eMAR and EPR (pumpgw rig emar/epr; docs/rig.md).",
 )
-@_DIR_OPTION
+@DIR_OPTION
 @click.option(
     "--json",
     "as_json",
@@ -139,9 +122,9 @@ def rig_up(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _die(f"cannot create the rig directory {directory}: {exc}", EXIT_CONFIG)
+        die(f"cannot create the rig directory {directory}: {exc}", EXIT_CONFIG)
     if modbus_tcp + modbus_rtu + newera + alaris == 0:
-        _die("no pumps asked for: give at least one of --modbus-tcp, --modbus-rtu, --newera, --alaris", 2)
+        die("no pumps asked for: give at least one of --modbus-tcp, --modbus-rtu, --newera, --alaris", 2)
 
     async def main_(stop: asyncio.Event) -> None:
         bench = BenchRig(
@@ -250,20 +233,14 @@ def _toml(value: object) -> str:
 
 
 def _ask(rig_dir: Path | None, request: dict[str, Any]) -> dict[str, Any]:
-    from pumpgw.rig.control import SOCKET_NAME, ask
-
-    path = (rig_dir or default_rig_dir()) / SOCKET_NAME
-    try:
-        answer = asyncio.run(ask(path, request))
-    except (OSError, TimeoutError, ValueError) as exc:
-        _die(f"no rig answers on {path} ({exc or type(exc).__name__}); start one with: pumpgw rig up")
+    answer = ask_rig(rig_dir, request)
     if not answer.get("ok"):
-        _die(str(answer.get("error", answer)), EXIT_CONFIG)
+        die(str(answer.get("error", answer)), EXIT_CONFIG)
     return answer
 
 
 @rig.command("status")
-@_DIR_OPTION
+@DIR_OPTION
 def rig_status(rig_dir: Path | None) -> None:
     """List the running rig's pumps, their endpoints and the faults in force."""
     answer = _ask(rig_dir, {"op": "status"})
@@ -307,7 +284,7 @@ def _fault_help() -> str:
     show_default=True,
     help="For device alarms: which channel.",
 )
-@_DIR_OPTION
+@DIR_OPTION
 def rig_fault(
     pump: str,
     kind: str,
@@ -331,7 +308,7 @@ def rig_fault(
 @click.argument("pump")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--stop", is_flag=True, help="Stop recording PUMP.")
-@_DIR_OPTION
+@DIR_OPTION
 def rig_record(pump: str, file: Path | None, stop: bool, rig_dir: Path | None) -> None:
     """Record every byte on PUMP's link, with timestamps, to FILE (JSON Lines, docs/rig.md).
 
@@ -342,7 +319,7 @@ def rig_record(pump: str, file: Path | None, stop: bool, rig_dir: Path | None) -
         click.echo(_ask(rig_dir, {"op": "record-stop", "pump": pump})["detail"])
         return
     if file is None:
-        _die("give the FILE to record to (or --stop)", EXIT_CONFIG)
+        die("give the FILE to record to (or --stop)", EXIT_CONFIG)
     click.echo(_ask(rig_dir, {"op": "record", "pump": pump, "path": str(file.resolve())})["detail"])
 
 
@@ -369,7 +346,7 @@ def rig_replay(file: Path, baud: int | None, as_json: bool) -> None:
     try:
         recording = load_recording(file)
     except ConfigError as exc:
-        _die(f"bad recording: {exc}", EXIT_CONFIG)
+        die(f"bad recording: {exc}", EXIT_CONFIG)
     replayer = Replayer(recording)
 
     async def main_(stop: asyncio.Event) -> None:

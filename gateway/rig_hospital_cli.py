@@ -9,62 +9,36 @@ not answer in time; 2 a bad request (unknown order, bad file, bad mode).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from .cli_common import EXIT_CONFIG, EXIT_FAILED, default_state_dir
+from .cli_common import EXIT_CONFIG, EXIT_FAILED
+from .rig_cli_common import DIR_OPTION, ask_rig, die
 
 # How much longer than the eMAR's own wait the command waits for the rig's answer.
 _ANSWER_MARGIN_S = 15.0
 
-_DIR_OPTION = click.option(
-    "--dir",
-    "rig_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The rig's directory: gateway.toml and control.sock (default: $XDG_STATE_HOME/pumpgw/rig).",
-)
-
-
-def _die(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"pumpgw rig: {message}", err=True)
-    sys.exit(code)
-
-
-def _ask(rig_dir: Path | None, request: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """The running rig's answer to ``request``; exits with a clear message when there is none."""
-    from pumpgw.rig.control import SOCKET_NAME, ask
-
-    path = (rig_dir or default_state_dir("rig")) / SOCKET_NAME
-    try:
-        return asyncio.run(ask(path, request, timeout_s=timeout_s))
-    except TimeoutError:
-        _die(f"the rig at {path} did not answer within {timeout_s:g} s")
-    except (OSError, ValueError) as exc:
-        _die(f"no rig answers on {path} ({exc or type(exc).__name__}); start one with: pumpgw rig up")
-
 
 def _checked(answer: dict[str, Any]) -> dict[str, Any]:
     if not answer.get("ok"):
-        _die(str(answer.get("error", answer)), EXIT_FAILED if answer.get("failed") else EXIT_CONFIG)
+        die(str(answer.get("error", answer)), EXIT_FAILED if answer.get("failed") else EXIT_CONFIG)
     return answer
 
 
 def _older_rig(answer: dict[str, Any]) -> None:
     if "unknown op" in str(answer.get("error", "")):
-        _die(
+        die(
             "this rig runs no eMAR or EPR (started with --no-hospital, or by an older pumpgw): "
             "restart it with pumpgw rig up"
         )
 
 
 def _hospital(rig_dir: Path | None, request: dict[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
-    answer = _ask(rig_dir, request, timeout_s=timeout_s)
+    answer = ask_rig(rig_dir, request, timeout_s=timeout_s)
     _older_rig(answer)
     return _checked(answer)
 
@@ -86,7 +60,7 @@ def emar() -> None:
 @emar.command("load")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=False)
 @click.option("--example", is_flag=True, help="Go back to the built-in example data instead.")
-@_DIR_OPTION
+@DIR_OPTION
 def emar_load(file: Path | None, example: bool, rig_dir: Path | None) -> None:
     """Replace the eMAR's patients and orders with FILE (format: docs/rig.md).
 
@@ -94,7 +68,7 @@ def emar_load(file: Path | None, example: bool, rig_dir: Path | None) -> None:
     eMAR keeps what it had.
     """
     if (file is None) == (not example):
-        _die("give FILE, or --example for the built-in example data", EXIT_CONFIG)
+        die("give FILE, or --example for the built-in example data", EXIT_CONFIG)
     request: dict[str, Any] = {"op": "emar.load"}
     if example:
         request["example"] = True
@@ -106,7 +80,7 @@ def emar_load(file: Path | None, example: bool, rig_dir: Path | None) -> None:
 
 @emar.command("orders")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@_DIR_OPTION
+@DIR_OPTION
 def emar_orders(as_json: bool, rig_dir: Path | None) -> None:
     """List the eMAR's orders and the state of the last one sent of each."""
     answer = _hospital(rig_dir, {"op": "emar.orders"})
@@ -153,7 +127,7 @@ def _print_ack(title: str, ack: dict[str, Any]) -> None:
     show_default=True,
     help="With --wait: how long to wait for the RRG^O16, in seconds.",
 )
-@_DIR_OPTION
+@DIR_OPTION
 def emar_send(order_id: str, to: str | None, wait: bool, timeout: float, rig_dir: Path | None) -> None:
     """Send ORDER_ID to the gateway as an IHE PIV RGV^O15 and print its ACK^O15.
 
@@ -206,7 +180,7 @@ def epr() -> None:
     help="Only FHIR resources of TYPE (MedicationAdministration, Device, ...), or only HL7 messages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@_DIR_OPTION
+@DIR_OPTION
 def epr_show(kind: str | None, as_json: bool, rig_dir: Path | None) -> None:
     """Show what the EPR received: each FHIR request and HL7 message with its verdict, and the
     resources it stored (--json: in full, numbers exactly as sent)."""
@@ -253,7 +227,7 @@ def epr_show(kind: str | None, as_json: bool, rig_dir: Path | None) -> None:
     show_default=True,
     help="Which of the EPR's interfaces the mode applies to.",
 )
-@_DIR_OPTION
+@DIR_OPTION
 def epr_mode(mode: str, seconds: float | None, count: int | None, on: str, rig_dir: Path | None) -> None:
     """Set how the EPR answers: ok; fail (FHIR 503, MLLP: connection closed without a reply);
     delay S (answer S seconds late); reject (FHIR 422, HL7 AR).
@@ -261,9 +235,9 @@ def epr_mode(mode: str, seconds: float | None, count: int | None, on: str, rig_d
     Without --count the mode lasts until the next `pumpgw rig epr mode`.
     """
     if mode == "delay" and seconds is None:
-        _die("delay needs the seconds: pumpgw rig epr mode delay 2.5", EXIT_CONFIG)
+        die("delay needs the seconds: pumpgw rig epr mode delay 2.5", EXIT_CONFIG)
     if mode != "delay" and seconds is not None:
-        _die(f"only delay takes seconds, not {mode}", EXIT_CONFIG)
+        die(f"only delay takes seconds, not {mode}", EXIT_CONFIG)
     request: dict[str, Any] = {"op": "epr.mode", "mode": mode, "on": on}
     if seconds is not None:
         request["delay"] = seconds

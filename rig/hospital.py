@@ -31,7 +31,8 @@ from pumpgw.fhir.client import dumps_json
 from pumpgw.gateway.clock import Clock
 from pumpgw.gateway.errors import ConfigError, PumpGwError
 
-from .emar import MRN_SYSTEM, EmarData, EmulatedEmar, example_data
+from .emar import EmulatedEmar
+from .emar_data import MRN_SYSTEM, EmarData, example_data
 from .epr import EmulatedEpr
 
 log = logging.getLogger(__name__)

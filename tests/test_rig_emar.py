@@ -10,7 +10,6 @@ gateway's own reader (``pumpgw.hl7.piv.read_rgv_o15``) and answers with the gate
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -44,7 +43,8 @@ from pumpgw.hl7.message import parse_message
 from pumpgw.hl7.mllp_io import MllpServer, Peer, mllp_request
 from pumpgw.hl7.piv import read_rgv_o15
 from pumpgw.hl7.validate import validate_strict
-from pumpgw.rig.emar import EXAMPLE_DATA, MRN_SYSTEM, EmulatedEmar, OrderData, load_emar_file, parse_emar_data
+from pumpgw.rig.emar import EmulatedEmar
+from pumpgw.rig.emar_data import EXAMPLE_DATA, MRN_SYSTEM, OrderData, load_emar_file, parse_emar_data
 
 NOW = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
 GATEWAY = Party("PUMPGW", "WARD7")
@@ -360,7 +360,7 @@ def test_a_json_file_loads_and_a_missing_file_is_named(tmp_path: Path) -> None:
         load_emar_file(path)
 
 
-def test_a_yaml_file_loads_or_says_what_is_missing(tmp_path: Path) -> None:
+def test_a_yaml_file_loads_and_a_bad_one_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "emar.yaml"
     path.write_text(
         "patients:\n  - {identifier: P-1, family: Doe, given: Jo, birth_date: 1970-01-01, weight: 70 kg}\n"
@@ -368,12 +368,12 @@ def test_a_yaml_file_loads_or_says_what_is_missing(tmp_path: Path) -> None:
         "      rate: 5 mL/h, route: IV, ordered_at: -5m}\n",
         encoding="utf-8",
     )
-    if importlib.util.find_spec("yaml") is None:  # PyYAML is not a dependency of pumpgw (yet)
-        with pytest.raises(ConfigError, match="PyYAML"):
-            load_emar_file(path)
-    else:
-        data = load_emar_file(path)
-        assert data.orders[0].ordered_at_from(NOW) == NOW - timedelta(minutes=5)
+    data = load_emar_file(path)
+    assert data.orders[0].ordered_at_from(NOW) == NOW - timedelta(minutes=5)
+    path.write_text("patients:\n  - {identifier: P-1\norders: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_emar_file(path)
+    assert info.value.key.startswith("(line ")
 
 
 @given(sign=st.sampled_from("+-"), amount=st.integers(0, 99999), unit=st.sampled_from("smhd"))
@@ -381,6 +381,10 @@ def test_relative_times_are_exact_offsets(sign: str, amount: int, unit: str) -> 
     order = OrderData.model_validate(dict(EXAMPLE_DATA["orders"][0], ordered_at=f"{sign}{amount}{unit}"))
     delta = timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
     assert order.ordered_at_from(NOW) == (NOW + delta if sign == "+" else NOW - delta)
+
+
+def _listen_port(config: str) -> int:
+    return int(next(line for line in config.splitlines() if line.startswith("listen_port")).split("=")[1])
 
 
 # -- the commands, against a running hospital ------------------------------------------------------
@@ -475,8 +479,11 @@ async def test_rig_up_runs_the_hospital_and_prints_its_endpoints(tmp_path: Path)
         status, _, _ = await get(f"{hospital['epr']['fhir_base']}/metadata")
         assert status == 200
         config = await asyncio.to_thread(Path(started["config"]).read_text)
-        assert "[hl7]" not in config
-        assert "[fhir]" not in config
+        # The gateway configuration the rig writes points the gateway at its eMAR and EPR.
+        assert f"order_programmer_port = {hospital['emar']['rrg_port']}" in config
+        assert f'base_url = "{hospital["emar"]["fhir_base"]}"' in config
+        assert f"port = {hospital['epr']['mllp_port']}" in config
+        assert hospital["emar"]["gateway_piv"].endswith(f":{_listen_port(config)}")
         listed = await pumpgw(tmp_path, "emar", "orders", "--json")
         assert listed.exit_code == 0, listed.output
     finally:
