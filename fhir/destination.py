@@ -6,7 +6,10 @@ with a *conditional create* on the identifier made from the event id
 (``If-None-Exist: identifier=urn:pumpgw:event|<event id>``), so delivering an event again, after
 a crash between the server's answer and the outbox's bookkeeping, finds the resource already there
 (200) instead of making a second copy. AuditEvents (no identifier in R4) are sent only when
-``resource_types`` asks for them, with ``PUT AuditEvent/<event id>`` (idempotent).
+``resource_types`` asks for them, with ``PUT AuditEvent/<event id>`` (idempotent). A
+``pump.identified`` event writes the pump as a Device (``PUT Device/pump-<gateway>-<pump>``: each
+identification updates the same Device, so its firmware and serial stay current); the
+administrations refer to it by its identifier.
 
 What happens to each answer (the outbox delivers in order and moves on only past acknowledged
 events):
@@ -39,14 +42,22 @@ from pumpgw.gateway.errors import DeliveryError, FhirError
 from pumpgw.gateway.eventlog import EventLog
 from pumpgw.gateway.events import Event, EventType, Refs
 
+from .administration import pump_device
 from .client import FhirAuthError, FhirClient, identifier_query
 from .events import event_to_fhir
+
+
+def device_id(gateway: str, pump: str) -> str:
+    """The FHIR id of a pump's Device: ``pump-<gateway>-<pump>``, in the id alphabet (A-Z a-z 0-9 - .)."""
+    raw = f"pump-{gateway}-{pump}"
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-" for c in raw)[:64]
+
 
 log = logging.getLogger(__name__)
 
 #: 4xx answers that say the link or the configuration is wrong, not the event: retried.
 NOT_THE_EVENTS_FAULT: Final = frozenset({401, 403, 404, 405, 406, 408, 415, 429})
-DEFAULT_TYPES: Final = frozenset({"MedicationAdministration", "Observation"})
+DEFAULT_TYPES: Final = frozenset({"MedicationAdministration", "Observation", "Device"})
 _REASON_MAX: Final = 4000  # the delivery.rejected payload's reason is Text (1..4000)
 
 
@@ -94,6 +105,9 @@ class FhirDestination:
         """Send each event's resources in order. Returns once every event is delivered or
         rejected (and the rejection reported); raises DeliveryError to be tried again later."""
         for event in events:
+            if event.type == EventType.PUMP_IDENTIFIED and "Device" in self._types:
+                await self._send_device(event)
+                continue
             try:
                 resources = self._to_fhir(event)
             except ValueError as exc:  # the payload does not fit its type: no retry can fix it
@@ -103,10 +117,28 @@ class FhirDestination:
                 if resource.get("resourceType") in self._types:
                     await self._send(event, resource)
 
+    async def _send_device(self, event: Event) -> None:
+        """The pump as a Device, written (PUT) under an id made from gateway and pump, so that each
+        identification updates the same resource (firmware, serial) instead of adding one."""
+        p = event.payload
+        try:
+            device = pump_device(
+                str(event.pump),
+                p.get("model"),
+                p.get("serial"),
+                p.get("manufacturer"),
+                gateway=event.gateway,
+                resource_id=device_id(event.gateway, str(event.pump)),
+            )
+        except FhirError as exc:
+            await self._reject(event, Rejection(event.id, "Device", None, str(exc)))
+            return
+        await self._send(event, device)
+
     async def _send(self, event: Event, resource: dict[str, Any]) -> None:
         kind = str(resource["resourceType"])
         try:
-            if kind == "AuditEvent":  # no identifier in R4: its id (the event id) is the key
+            if kind in ("AuditEvent", "Device"):  # AuditEvent: no identifier in R4; Device: kept current
                 await self._client.update(resource)
             else:
                 ident = resource["identifier"][0]

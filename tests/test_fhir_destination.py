@@ -278,6 +278,34 @@ async def test_audit_events_go_by_put_on_their_id_when_asked_for(
     assert [r.method for r in server.fhir_requests() if "AuditEvent" in r.path] == ["PUT", "PUT"]
 
 
+async def test_an_identified_pump_is_written_as_its_device_and_kept_current(
+    server: FhirTestServer, client: FhirClient
+) -> None:
+    """pump.identified -> the pump as a Device (type MDC 69986), PUT under one id per gateway and
+    pump: a second identification (new firmware) updates it, never a second Device."""
+
+    async def on_rejected(event: Event, rejection: Rejection) -> None:
+        raise AssertionError(rejection)
+
+    destination = FhirDestination(client, on_rejected=on_rejected)
+    payload = dict(sample(EventType.PUMP_IDENTIFIED), model="NE-1000", serial="SN 42", firmware="1.0")
+    first = make_event(EventType.PUMP_IDENTIFIED, seq=1, payload=payload)
+    again = make_event(EventType.PUMP_IDENTIFIED, seq=2, payload=dict(payload, firmware="2.0"))
+    await destination.deliver([first, again])
+    [(device_id, device)] = server.store["Device"].items()
+    assert device_id == device_id_of(first)
+    assert device["serialNumber"] == "SN 42"
+    assert device["type"]["coding"][0]["code"] == "69986"
+    assert device["identifier"][0]["value"] == f"{first.gateway}/{first.pump}"
+    assert [r.method for r in server.fhir_requests() if "Device" in r.path] == ["PUT", "PUT"]
+
+
+def device_id_of(event: Event) -> str:
+    from pumpgw.fhir.destination import device_id
+
+    return device_id(event.gateway, str(event.pump))
+
+
 async def test_an_event_that_cannot_be_mapped_is_rejected_not_retried(
     server: FhirTestServer, client: FhirClient
 ) -> None:
