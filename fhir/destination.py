@@ -19,7 +19,8 @@ events):
 - a refusal of *this event* (400, 409, 410, 412, 422 and other 4xx not listed below): not retried
   forever, which would stall every later event behind it. It is reported to ``on_rejected``
   (:func:`record_rejections` writes a ``delivery.rejected`` event to the log) and delivery moves on;
-- a failure of the *link or the setup*, not of the event: no answer, a timeout, 5xx, 408, 429, and
+- a failure of the *link or the setup*, not of the event: no answer, a timeout, 5xx, a redirect
+  (3xx: redirects are not followed, so the configured base URL is out of date), 408, 429, and
   401/403 (credentials), 404/405 (wrong base URL, resource type not supported), 406/415
   (content negotiation), and any failure to get a token: raises DeliveryError; the OutboxPart
   retries with backoff and writes ``delivery.failed`` once, so the operator sees it and nothing is
@@ -148,7 +149,12 @@ class FhirDestination:
         except FhirAuthError as exc:  # no credential: the setup's fault, whatever the status
             raise DeliveryError(self.name, str(exc)) from exc
         except FhirError as exc:
-            if exc.status is None or exc.status >= 500 or exc.status in NOT_THE_EVENTS_FAULT:
+            if (
+                exc.status is None
+                or exc.status >= 500
+                or exc.status < 400  # a redirect (not followed): the base URL is out of date
+                or exc.status in NOT_THE_EVENTS_FAULT
+            ):
                 raise DeliveryError(self.name, str(exc)) from exc
             await self._reject(event, Rejection(event.id, kind, exc.status, str(exc)))
 

@@ -33,7 +33,8 @@ What each Order field comes from:
   or ``dispenseRequest.quantity`` in a volume; both given and different is ambiguous.
 - ``dose``, ``dose_rate``, ``duration``, ``route``: from ``dosageInstruction`` (all entries must
   agree): ``doseAndRate.doseQuantity`` → dose; ``doseAndRate.rateQuantity`` → dose_rate
-  (``4 ug/kg/min`` or ``50 mL/h`` as ordered); ``doseAndRate.rateRatio`` → dose_rate, converted
+  (``4 ug/kg/min`` as ordered), or ``rate`` when it is a plain flow (``50 mL/h``, where a PIV
+  order puts it too); ``doseAndRate.rateRatio`` → the same, converted
   exactly (50 mL / 1 h → 50 mL/h; 100 mL / 30 min → 200 mL/h) or refused; ``timing.repeat.duration``
   with ``durationUnit`` s, min, h (or d, as exact hours); ``route``: its first coding's display,
   else code, else text. Ranges (``doseRange``, ``rateRange``, ``durationMax``) are refused: the
@@ -201,6 +202,10 @@ def medication_request_to_order(
     if order is None or m.problems:
         raise OrderRefused(m.order_id or _best_effort_id(request), m.problems)
     return order
+
+
+def _is_flow(q: Quantity | None) -> bool:
+    return q is not None and q.dimension == "volume/time"
 
 
 def operation_outcome(problems: Iterable[OrderProblem]) -> dict[str, Any]:
@@ -374,7 +379,10 @@ class _Mapper:
             status=status,
             concentration=concentration,
             container_volume=container,
-            dose_rate=dosage.dose_rate if dosage else None,
+            # A plain flow (mL/h) is the order's rate, as an HL7 PIV order gives it (Order.rate);
+            # a dose rate (ug/kg/min, mg/h) is its dose_rate.
+            dose_rate=dosage.dose_rate if dosage and not _is_flow(dosage.dose_rate) else None,
+            rate=dosage.dose_rate if dosage and _is_flow(dosage.dose_rate) else None,
             dose=dosage.dose if dosage else None,
             duration=dosage.duration if dosage else None,
             route=dosage.route if dosage else None,

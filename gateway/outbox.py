@@ -1,7 +1,7 @@
 """Delivering the event log to one destination: at least once, in order, resumable.
 
-An :class:`Outbox` is the bookkeeping of one destination (MQTT now; the EPR's HL7 and FHIR
-receivers later): the log records per destination the newest event the destination has
+An :class:`Outbox` is the bookkeeping of one destination (MQTT, and each EPR receiver over HL7
+or FHIR): the log records per destination the newest event the destination has
 acknowledged (``outbox`` table), so delivery resumes there after a broker outage, a network loss,
 a killed process or a power cut. Events go out in ``seq`` order; a destination that loses an
 acknowledgement sees the same event again (at least once): every event carries its ``id`` for

@@ -528,7 +528,9 @@ class _Attributes:
                 weight = Quantity(weight.value, "g{body}")  # a patient's mass, not a drug's
             self._keep("weight", _of_kind(weight, "body mass", _where(obx, 6), "weight"), obx)
         elif code == codes.PT_HEIGHT.code:
-            self._keep("height", _obx_quantity(obx, "height"), obx)
+            self._keep(
+                "height", _of_kind(_obx_quantity(obx, "height"), "length", _where(obx, 6), "height"), obx
+            )
         elif code == codes.PT_BSA.code:
             self._keep(
                 "bsa",

@@ -206,7 +206,7 @@ async def test_a_busy_server_is_retried_with_backoff_until_it_takes_the_event(
     assert restored[0].payload["attempts"] == 2
 
 
-@pytest.mark.parametrize("status", [401, 403, 404, 429, 500])
+@pytest.mark.parametrize("status", [301, 307, 401, 403, 404, 429, 500])
 async def test_answers_that_are_not_about_the_event_are_retried_not_rejected(
     server: FhirTestServer, client: FhirClient, status: int
 ) -> None:
