@@ -48,8 +48,11 @@ async def orders_for_patient(
             ],
         )
     patient = patients[0]
+    # ``patient`` (not ``subject``): both are R4 search parameters of MedicationRequest, but
+    # ``patient`` is the one US Core requires servers to support (and the one EHR vendors' FHIR
+    # APIs document); ``subject`` would also match requests about a group.
     requests = await client.search(
-        "MedicationRequest", [("subject", f"Patient/{patient.get('id')}"), ("status", "active")]
+        "MedicationRequest", [("patient", f"Patient/{patient.get('id')}"), ("status", "active")]
     )
     orders: list[Order] = []
     refused: list[OrderRefused] = []

@@ -72,6 +72,22 @@ class ClientPart:
             await self.part.run(ready)
 
 
+class Hl7Part:
+    """An outbox part whose MLLP connection to the receiver is closed when the part stops (the
+    destination keeps it open between messages; left open, it would outlive the gateway's loop)."""
+
+    def __init__(self, destination: Hl7EprDestination, part: OutboxPart) -> None:
+        self.destination = destination
+        self.part = part
+        self.name = part.name
+
+    async def run(self, ready: asyncio.Event) -> None:
+        try:
+            await self.part.run(ready)
+        finally:
+            await asyncio.shield(self.destination.close())
+
+
 class HospitalLinks:
     """Everything the gateway runs towards the hospital; empty when nothing is configured."""
 
@@ -105,9 +121,10 @@ class HospitalLinks:
             )
             self.parts.append(self.piv)
         for i, h in enumerate(config.epr.hl7):
-            part = OutboxPart(_hl7_destination(h, i, me, events, clock), events, clock)
+            hl7_destination = _hl7_destination(h, i, me, events, clock)
+            part = OutboxPart(hl7_destination, events, clock)
             self.outboxes.append(part)
-            self.parts.append(part)
+            self.parts.append(Hl7Part(hl7_destination, part))
         for i, f in enumerate(config.epr.fhir):
             from pumpgw.fhir.client import FhirClient
             from pumpgw.fhir.destination import FhirDestination, record_rejections
@@ -134,6 +151,7 @@ class HospitalLinks:
             status["piv"] = {
                 "decided": self.piv.processed,
                 "rrg_sent": self.piv.rrg_sent,
+                "rrg_refused": self.piv.rrg_refused,
                 "rrg_failed": self.piv.rrg_failed,
             }
         return status

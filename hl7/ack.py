@@ -263,12 +263,15 @@ def _read_err(err: Segment) -> AckError:
     return AckError(code, err.component(8) or text)
 
 
-def nak_for_unreadable(data: bytes, reason: str, *, at: datetime, sender: Party) -> bytes:
+def nak_for_unreadable(
+    data: bytes, reason: str, *, at: datetime, sender: Party, enhanced: bool | None = None
+) -> bytes:
     """A negative acknowledgement for ``data``, a frame that could not be read as HL7 at all.
 
     Best effort from the raw bytes: if they hold an MSH, its control id goes to MSA-2, its trigger
     to MSH-9.2 and its sender becomes the receiver, and MSH-15 decides the mode (enhanced: CR,
-    original: AR); without an MSH, MSA-2 is empty and the code AR. ERR-3 is 100 (no MSH first) or
+    original: AR) unless ``enhanced`` says it; without an MSH, MSA-2 is empty and the code AR (CR
+    when ``enhanced``). ERR-3 is 100 (no MSH first) or
     102 (an MSH, but not readable), ERR-8 ``reason``. Never raises for any ``data``.
     """
     header = _raw_msh(data)
@@ -277,7 +280,8 @@ def nak_for_unreadable(data: bytes, reason: str, *, at: datetime, sender: Party)
     def get(n: int, c: int = 1) -> str:
         return header[n][c - 1] if header is not None and n < len(header) and c <= len(header[n]) else ""
 
-    code = "CR" if get(15) else "AR"
+    # enhanced: the caller knows the mode (a PIV consumer always answers CA/CE/CR); None: MSH-15 decides.
+    code = "CR" if (enhanced if enhanced is not None else bool(get(15))) else "AR"
     problem = OrderProblem("102" if starts_with_msh else "100", "", reason)
     receiver = Party(get(3), get(4), get(3, 2), get(3, 3))
     lines = [

@@ -12,10 +12,13 @@ The flow (IHE PCD TF-2, enhanced acknowledgement mode, ``../shared/reference/ihe
 3. It opens a new connection to the configured order programmer and sends RRG^O16: ``AA``, or
    ``AR`` with one ERR per problem (the PIV application error code in ERR-5), and expects ACK^O16.
 
-Orders are processed one at a time in the order they arrived, so RRG^O16s go out in that order.
-A message the programmer re-sends with the same MSH-10 (it did not see our ACK) is acknowledged
-again and not processed twice. An RRG^O16 that cannot be delivered is retried with backoff for
-``reply_timeout_s`` × 4, then given up with a warning: the order itself stays decided and recorded.
+Orders are decided one at a time in the order they arrived, and their RRG^O16s go out in that
+order from a queue of their own: an order programmer that is down delays its answers, never the
+next orders' decisions. An RRG^O16 that cannot be delivered is retried with backoff for
+``reply_timeout_s`` × 4, then given up with a warning (``rrg_failed``): the order itself stays
+decided and recorded. A message the programmer re-sends with the same sender and MSH-10 (it did not
+see our ACK, or never got the RRG^O16) is acknowledged again and not decided twice; if it was
+decided already, its RRG^O16 is sent again. The last 1,000 messages are remembered.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import timedelta
@@ -58,6 +62,14 @@ log = logging.getLogger(__name__)
 _REMEMBERED = 1000  # control ids remembered for re-sent messages
 
 
+def _rrg_control_id(order_control_id: str) -> str:
+    """MSH-10 of the RRG^O16 answering ``order_control_id``: ``<its MSH-10>-RRG`` (easy to match in
+    a log), or a random id when that would not fit MSH-10's 199 characters (HL7 2.6): a sender's
+    long control id must not stop the answer from being built."""
+    derived = f"{order_control_id}-RRG"
+    return derived if len(derived) <= 199 else uuid.uuid4().hex[:20]
+
+
 class PivConsumer:
     """A supervised part: the PIV listener and the RRG^O16 sender."""
 
@@ -87,11 +99,17 @@ class PivConsumer:
         self._policy = OrderPolicy(stale_after=timedelta(minutes=config.stale_after_min))
         self._me = sender or Party(config.application, config.facility or "")
         self._queue: asyncio.Queue[Hl7Message] = asyncio.Queue()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # RRG^O16s to send, in the order the orders were decided: a programmer that is down delays
+        # its answers, never the next orders' decisions.
+        self._rrg_queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        # Each message seen (sender, facility, MSH-10) and, once decided, its RRG^O16: a re-sent
+        # order is not decided twice, and its answer is sent again (the first may have been lost).
+        self._seen: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._server: MllpServer | None = None
         self.processed = 0  # orders decided (accepted or refused), for status and tests
-        self.rrg_sent = 0
-        self.rrg_failed = 0
+        self.rrg_sent = 0  # answered by the programmer with AA/CA
+        self.rrg_refused = 0  # answered with anything else
+        self.rrg_failed = 0  # given up after retries
 
     @property
     def port(self) -> int:
@@ -99,6 +117,11 @@ class PivConsumer:
         if self._server is None:
             raise RuntimeError("the PIV listener is not running")
         return self._server.port
+
+    async def drained(self) -> None:
+        """Return once every order received so far is decided and its RRG^O16 delivered or given up."""
+        await self._queue.join()
+        await self._rrg_queue.join()
 
     async def run(self, ready: asyncio.Event) -> None:
         server = MllpServer(
@@ -123,12 +146,35 @@ class PivConsumer:
             },
         )
         ready.set()
+        sender = asyncio.create_task(self._send_answers(), name="hl7-piv-rrg")
         try:
             while True:
                 message = await self._queue.get()
-                await self._process(message)
+                try:
+                    await self._process(message)
+                except Exception:
+                    # A bug met on one message must cost that message, never the listener: every
+                    # later order would otherwise go unanswered. (CancelledError is not caught.)
+                    log.exception(
+                        "processing an RGV^O15 failed unexpectedly; it is dropped",
+                        extra={"control_id": message.control_id},
+                    )
+                finally:
+                    self._queue.task_done()
         finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
             await server.close()
+
+    async def _send_answers(self) -> None:
+        while True:
+            control_id, rrg = await self._rrg_queue.get()
+            try:
+                await self._send_rrg(control_id, rrg)
+            except Exception:
+                log.exception("sending an RRG^O16 failed unexpectedly", extra={"order_message": control_id})
+            finally:
+                self._rrg_queue.task_done()
 
     def _on_problem(self, peer: Peer, problem: str) -> None:
         log.warning("PIV link problem", extra={"peer": f"{peer.host}:{peer.port}", "problem": problem})
@@ -140,7 +186,8 @@ class PivConsumer:
             message = parse_message(data)
         except Hl7Error as exc:
             log.warning("unreadable HL7 message refused", extra={"peer": peer.host, "error": str(exc)})
-            return nak_for_unreadable(data, str(exc), at=now, sender=self._me)
+            # PIV is always enhanced mode: the accept acknowledgement is CR, whatever the bytes say.
+            return nak_for_unreadable(data, str(exc), at=now, sender=self._me, enhanced=True)
         code, trigger, _structure = message.message_type
         if (code, trigger) != ("RGV", "O15"):
             problem = OrderProblem(
@@ -151,10 +198,18 @@ class PivConsumer:
             return build_ack(
                 message, "CR", at=now, sender=self._me, trigger=trigger or None, errors=[problem]
             )
-        if message.control_id in self._seen:
-            log.info("re-sent RGV^O15 acknowledged again", extra={"control_id": message.control_id})
+        # MSH-10 is assigned by the sending system: unique for that system, not across systems.
+        key = (message.sender.application, message.sender.facility, message.control_id)
+        if key in self._seen:
+            answer = self._seen[key]
+            log.info(
+                "re-sent RGV^O15 acknowledged again, not decided twice",
+                extra={"control_id": message.control_id, "answer_sent_again": answer is not None},
+            )
+            if answer is not None:  # decided already: its RRG^O16 may not have arrived; send it again
+                self._rrg_queue.put_nowait((message.control_id, answer))
             return build_ack(message, "CA", at=now, sender=self._me, trigger="O15")
-        self._seen[message.control_id] = None
+        self._seen[key] = None
         while len(self._seen) > _REMEMBERED:
             self._seen.popitem(last=False)
         self._queue.put_nowait(message)
@@ -205,24 +260,25 @@ class PivConsumer:
             "PIV order decided",
             extra={"order": order_id, "result": code, "problems": [str(p) for p in problems]},
         )
-        await self._send_rrg(message, order, code, problems)
-
-    async def _send_rrg(
-        self, message: Hl7Message, order: Order | None, code: str, problems: list[OrderProblem]
-    ) -> None:
-        host, port = self._config.order_programmer_host, self._config.order_programmer_port
-        if host is None or port is None:
-            return
         rrg = build_rrg_o16(
             message,
             order,
             code,
-            control_id=f"{message.control_id}-RRG",
+            control_id=_rrg_control_id(message.control_id),
             at=self._clock.wall(),
             sender=self._me,
             receiver=message.sender,
             errors=problems,
         )
+        key = (message.sender.application, message.sender.facility, message.control_id)
+        if key in self._seen:
+            self._seen[key] = rrg
+        self._rrg_queue.put_nowait((message.control_id, rrg))
+
+    async def _send_rrg(self, control_id: str, rrg: bytes) -> None:
+        host, port = self._config.order_programmer_host, self._config.order_programmer_port
+        if host is None or port is None:
+            return
         deadline = self._clock.monotonic() + self._config.reply_timeout_s * 4
         backoff = self._backoff
         backoff.reset()
@@ -242,16 +298,18 @@ class PivConsumer:
                     self.rrg_failed += 1
                     log.warning(
                         "RRG^O16 not delivered to the order programmer; given up",
-                        extra={"order_message": message.control_id, "error": str(exc)},
+                        extra={"order_message": control_id, "error": str(exc)},
                     )
                     return
                 log.info("RRG^O16 not delivered yet; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(backoff.next())
                 continue
-            self.rrg_sent += 1
-            if ack.code not in ("AA", "CA"):
+            if ack.code in ("AA", "CA"):
+                self.rrg_sent += 1
+            else:
+                self.rrg_refused += 1
                 log.warning(
                     "the order programmer did not accept our RRG^O16",
-                    extra={"order_message": message.control_id, "ack": ack.code, "text": ack.text},
+                    extra={"order_message": control_id, "ack": ack.code, "text": ack.text},
                 )
             return
