@@ -36,8 +36,9 @@ What each Order field comes from:
   (``4 ug/kg/min`` as ordered), or ``rate`` when it is a plain flow (``50 mL/h``, where a PIV
   order puts it too); ``doseAndRate.rateRatio`` → the same, converted
   exactly (50 mL / 1 h → 50 mL/h; 100 mL / 30 min → 200 mL/h) or refused; ``timing.repeat.duration``
-  with ``durationUnit`` s, min, h (or d, as exact hours); ``route``: its first coding's display,
-  else code, else text. Ranges (``doseRange``, ``rateRange``, ``durationMax``) are refused: the
+  with ``durationUnit`` s, min, h (or d, as exact hours); ``route``: the HL7 table 0162 code
+  where a coding has one (``IV``, as a PIV order's RXR-1), else the first coding's display, else
+  its code, else the text. Ranges (``doseRange``, ``rateRange``, ``durationMax``) are refused: the
   gateway programs one value.
 - ``weight``: a body-weight Observation (LOINC 29463-7 or 3141-9, status final, amended or
   corrected, in kg) that ``supportingInformation`` references, contained or passed in
@@ -94,6 +95,7 @@ from pumpgw.gateway.quantity import Quantity, UnitParts, known_units, unit_parts
 
 UCUM: Final = "http://unitsofmeasure.org"
 V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
+V2_0162: Final = "http://terminology.hl7.org/CodeSystem/v2-0162"  # HL7 route of administration
 LOINC: Final = "http://loinc.org"
 V2_0357: Final = "http://terminology.hl7.org/CodeSystem/v2-0357"  # HL7 message error condition codes
 # The IHE PCD PIV application error codes (TF-2 B.3, 9001 and up) have no published code system
@@ -865,6 +867,9 @@ class _Mapper:
         route = instruction.get("route")
         if route is None:
             return None
+        for coding in route.items("coding"):  # HL7 table 0162 first: the code a PIV order has (RXR-1)
+            if self.text(coding, "system") == V2_0162 and (code := self.text(coding, "code")) is not None:
+                return code
         for coding in route.items("coding"):
             if (text := self.text(coding, "display") or self.text(coding, "code")) is not None:
                 return text

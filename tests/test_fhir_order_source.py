@@ -97,7 +97,8 @@ def assert_same_order(read: Order, held: Order) -> None:
     assert (read.drug.code, read.drug.name) == (held.drug.code, held.drug.name)
     assert read.concentration == held.concentration
     assert read.container_volume == held.container_volume
-    assert (read.dose_rate or read.rate) == (held.dose_rate or held.rate)  # the one ordered rate
+    assert (read.dose_rate, read.rate) == (held.dose_rate, held.rate)  # a flow is the rate in both
+    assert read.route == held.route == "IV"  # HL7 table 0162, as the PIV order carries it
     assert read.duration == held.duration
     assert read.weight == held.weight
     assert read.ordered_at == held.ordered_at
