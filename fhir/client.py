@@ -76,7 +76,10 @@ def loads_json(data: bytes | str) -> Any:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
-    return json.loads(data, parse_float=Decimal, parse_constant=no_constant)
+    try:
+        return json.loads(data, parse_float=Decimal, parse_constant=no_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to read") from None
 
 
 def dumps_json(value: Any) -> bytes:
@@ -555,8 +558,12 @@ class FhirClient:
             next_url = _next_link(bundle)
             if next_url is None:
                 return found
-            url = URL(next_url, encoded=True)
-            if url.origin() != self.base_url.origin():
+            try:
+                url = URL(next_url, encoded=True)
+                origin = url.origin()
+            except ValueError as exc:
+                raise FhirError(what, f"the next page link {next_url[:200]!r} is not a URL ({exc})") from None
+            if origin != self.base_url.origin():
                 raise FhirError(
                     what,
                     f"the next page is on another server ({url.origin()}); credentials stay with "
@@ -722,7 +729,11 @@ class FhirClient:
     def _write_result(self, type: str, answer: _Answer, *, created: bool) -> CreateResult:
         location = answer.headers.get("Location") or answer.headers.get("Content-Location")
         resource_id = None
-        if location is not None and (match := _LOCATION_ID.search(URL(location).path)) is not None:
+        try:
+            location_path = URL(location).path if location is not None else None
+        except ValueError:
+            location_path = None  # not a URL: the id is looked for in the body instead
+        if location_path is not None and (match := _LOCATION_ID.search(location_path)) is not None:
             resource_id = match["id"] if match["type"] == type else None
         if resource_id is None and answer.body:
             try:

@@ -111,7 +111,10 @@ class FhirDestination:
                 continue
             try:
                 resources = self._to_fhir(event)
-            except ValueError as exc:  # the payload does not fit its type: no retry can fix it
+            except (
+                ValueError,
+                FhirError,
+            ) as exc:  # the payload does not make a resource: no retry can fix it
                 await self._reject(event, Rejection(event.id, "(none)", None, str(exc)))
                 continue
             for resource in resources:

@@ -123,8 +123,12 @@ class Hl7Section(_Section):
     order_programmer_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     application: Annotated[str, Field(pattern=_APP_PATTERN)] = "PUMPGW"
     facility: Annotated[str, Field(pattern=_APP_PATTERN)] | None = None
-    # Refuse an RGV^O15 whose MSH-21 lacks the PIV profile OID (the IHE examples carry none).
+    # Refuse an RGV^O15 whose MSH-21 lacks an accepted PIV profile OID (the IHE examples carry none).
     require_profile_oid: bool = False
+    # The MSH-21 OIDs taken as PCD-03 PIV (the IHE PCD one; add what your order programmer sends).
+    accepted_profile_oids: list[Annotated[str, Field(pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$")]] = [
+        "1.3.6.1.4.1.19376.1.6.1.3.1"
+    ]
     # Orders made (ORC-9) longer ago than this are refused as stale (PIV error 9022).
     stale_after_min: Annotated[int, Field(ge=1, le=1440)] = 15
     max_message_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 1024 * 1024
@@ -226,6 +230,79 @@ class EprSection(_Section):
         return self
 
 
+class ScanPumpLabel(_Section):
+    """One pump (or pump channel) asset label, ``[[scanning.pump_labels]]``: the GS1 GIAI (AI 8004)
+    printed on it, and the configured pump (``[[pumps]] id``) and channel it stands for."""
+
+    # GIAI: up to 30 characters of GS1 character set 82 (GS1 syntax dictionary, AI 8004 X..30).
+    giai: Annotated[str, Field(pattern=r"^[!\"%-?A-Z_a-z]{1,30}$")]
+    pump: Annotated[str, Field(pattern=_ID_PATTERN)]
+    channel: Annotated[int, Field(ge=1, le=99)] | None = None  # none: the label names the whole pump
+
+
+class ScanningSection(_Section):
+    """How bedside scans are read (``gateway/scan.py``; docs/scanning.md)."""
+
+    # Characters that end a variable-length GS1 field besides GS (0x1D), which always does: the
+    # substitute a keyboard-wedge scanner is set to send for FNC1/GS, e.g. ["|"].
+    separator_chars: list[str] = ["\x1d"]
+    # A pharmacy-prepared infusion's label (a plain Code 128, QR or DataMatrix, not GS1): a regular
+    # expression matched against the whole scan, with named groups order, dispense and patient.
+    label_pattern: str = r"^RX-(?P<order>[A-Za-z0-9._-]{1,40})$"
+    # Which wristband field is the patient id orders name: the GSRN (AI 8018), or an internal AI
+    # (90-99) holding the hospital number, e.g. "ai:91" (NHS DCB1077 bands).
+    patient_id_from: Annotated[str, Field(pattern=r"^(gsrn|ai:9[0-9])$")] = "gsrn"
+    pump_labels: list[ScanPumpLabel] = []
+
+    @field_validator("separator_chars")
+    @classmethod
+    def _separators_cannot_be_data(cls, chars: list[str]) -> list[str]:
+        # A separator must never occur inside GS1 data: GS1 character set 82 is excluded, and so
+        # are "]" (starts a symbology identifier) and whitespace other than GS.
+        cset82 = set("!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+        for char in chars:
+            if len(char) != 1:
+                raise ValueError(f"each separator is one character; {char!r} is {len(char)}")
+            if char != "\x1d" and (char in cset82 or char == "]" or not char.isprintable() or char.isspace()):
+                raise ValueError(
+                    f"{char!r} cannot be a separator: it can occur in GS1 data or is not printable "
+                    "(use a character such as '|', '~', '^' or '#')"
+                )
+        return chars
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _label_pattern_is_usable(cls, pattern: str) -> str:
+        import re  # only this validator needs it
+
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        groups = set(compiled.groupindex)
+        if groups - {"order", "dispense", "patient"}:
+            raise ValueError(f"unknown named groups {sorted(groups - {'order', 'dispense', 'patient'})}: "
+                             "use order, dispense and patient")  # fmt: skip
+        if not groups & {"order", "dispense"}:
+            raise ValueError("needs a named group order or dispense, e.g. (?P<order>[A-Z0-9]{1,20})")
+        # Scanners without symbology identifiers send GS1 and EAN codes as bare text: a pattern
+        # matching those would read a medication pack or a wristband as a pharmacy label.
+        for sample in ("09521234543213", "0109521234543213", "8018123456789012345675\x1d8019123"):
+            if compiled.fullmatch(sample):
+                raise ValueError(f"matches the GS1/EAN code {sample!r}: give labels a prefix, e.g. ^RX-")
+        return pattern
+
+    @field_validator("pump_labels")
+    @classmethod
+    def _giai_once(cls, labels: list[ScanPumpLabel]) -> list[ScanPumpLabel]:
+        seen: set[str] = set()
+        for label in labels:
+            if label.giai in seen:
+                raise ValueError(f"GIAI {label.giai!r} is listed twice")
+            seen.add(label.giai)
+        return labels
+
+
 class _PumpBase(_Section):
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
     poll_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
@@ -296,6 +373,7 @@ class GatewayConfig(_Section):
     hl7: Hl7Section = Hl7Section()
     fhir: FhirSection = FhirSection()
     epr: EprSection = EprSection()
+    scanning: ScanningSection = ScanningSection()
     pumps: list[PumpConfig] = []
 
     @property

@@ -255,12 +255,25 @@ def check_order(
                 "a bolus from an existing infusion must name the running order (ORC-8)",
             )
         )
-    if order.action is OrderAction.NEW and not (order.dose_rate or order.rate or order.dose):
+    given = [q for q in (order.dose_rate, order.rate, order.dose) if q is not None]
+    if order.action is OrderAction.NEW and not given:
         problems.append(
             OrderProblem(
                 HL7_REQUIRED_FIELD_MISSING, "rate", "the order gives no dose, dose rate or rate to program"
             )
         )
+    named = {
+        "dose_rate": order.dose_rate,
+        "rate": order.rate,
+        "dose": order.dose,
+        "vtbi": order.vtbi,
+        "duration": order.duration,
+        "weight": order.weight,
+        "container_volume": order.container_volume,
+    }
+    for element, q in named.items():
+        if q is not None and q.value <= 0:
+            problems.append(OrderProblem(HL7_DATA_TYPE_ERROR, element, f"{element} {q} is not above zero"))
     return problems
 
 

@@ -232,6 +232,16 @@ class OutboxPart:
                     )
                 await self._sleep(self._backoff.next())
                 continue
+            except Exception as exc:
+                # A bug met on what a receiver answered must not end this part: the supervisor
+                # would stop the whole gateway with it, pump monitoring included. Said with its
+                # traceback (it is a bug to fix), and treated as a failed delivery: retried.
+                log.exception(
+                    "delivery failed unexpectedly; retried", extra={"destination": self.destination.name}
+                )
+                await self.outbox.failed(f"unexpected {type(exc).__name__}: {exc}")
+                await self._sleep(self._backoff.next())
+                continue
             if self.outbox.failing and await self.outbox.succeeded():
                 log.info("delivery works again", extra={"destination": self.destination.name})
             self._backoff.reset()

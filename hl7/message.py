@@ -443,7 +443,13 @@ def _decode(data: bytes | str) -> tuple[str, str]:
     codec = _CHARSETS.get(declared, "utf-8")
     if codec != "utf-8":
         codecs.lookup(codec)  # every name in the table exists; this documents it
-        return data.decode(codec), codec
+        try:
+            return data.decode(codec), codec
+        except UnicodeDecodeError as exc:
+            raise Hl7Error(
+                f"MSH-18 declares {declared!r}, but byte 0x{data[exc.start]:02X} at offset {exc.start} "
+                "is not a character of that set"
+            ) from None
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:

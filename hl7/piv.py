@@ -136,12 +136,19 @@ _OBX_BY_REFID: Final[dict[str, int]] = {
 }
 
 # ASCII digits only: str.isdigit() and Decimal() also take "³" and "١٢", which no HL7 NM is.
+# HL7 table 0085 result statuses a patient measurement may have to be used (empty: not stated, as in
+# the IHE examples).
+_USABLE_RESULT_STATUS: Final = frozenset({"", "F", "C", "R"})
+_MAX_NUMBER_CHARS: Final = 24  # more significant digits than any pump or order carries
 _PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
 
 
 def _digits(text: str) -> bool:
-    return _DIGITS.fullmatch(text) is not None
+    """A code or step number: ASCII digits, at most 18 (no MDC code, OBX id or step needs more; a
+    longer string is not a number the gateway reads, and int() of thousands of digits is refused by
+    Python itself)."""
+    return len(text) <= 18 and _DIGITS.fullmatch(text) is not None
 
 
 _TIME_UNITS_SMALL_FIRST: Final = ("s", "min", "h")
@@ -259,11 +266,20 @@ def _where(seg: Segment, n: int) -> str:
 
 
 def _decimal(text: str, element: str, what: str) -> Decimal:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise _Refuse(
+            HL7_DATA_TYPE_ERROR,
+            element,
+            f"{what} {text[:40]}... has more than {_MAX_NUMBER_CHARS} characters",
+        )
     if not _PLAIN_DECIMAL.fullmatch(text):
         raise _Refuse(HL7_DATA_TYPE_ERROR, element, f"{what} {text!r} is not a plain decimal number")
     value = Decimal(text)
     if value < 0:
         raise _Refuse(HL7_DATA_TYPE_ERROR, element, f"{what} {text} is negative")
+    if value == 0:
+        # No quantity an order gives (a rate, a volume, an amount, a weight, a duration) can be zero.
+        raise _Refuse(HL7_DATA_TYPE_ERROR, element, f"{what} {text} is zero")
     return value
 
 
@@ -380,7 +396,10 @@ def _rates(rxg: Segment) -> tuple[Quantity | None, Quantity | None, Quantity | N
         return None, None, None
     dimension = q.dimension
     if dimension == "volume/time":
-        return None, q.to("mL/h"), None  # exact: the factors are 60 and 1000
+        try:
+            return None, q.to("mL/h"), None  # exact for a plain decimal: the factors are 60 and 1000
+        except QuantityError as exc:
+            raise _Refuse(PivError.UNITS_MISMATCH, _where(rxg, 16), f"{q}: {exc.reason}") from None
     if dimension.endswith("/time") and dimension.split("/")[0] in _AMOUNT_KINDS:
         return q, None, None
     if dimension.split("/")[0] in _AMOUNT_KINDS and not dimension.endswith("/volume"):
@@ -406,7 +425,10 @@ def _duration(tq1: Segment | None) -> Quantity | None:
     unit = next(u for u in _TIME_UNITS_SMALL_FIRST if any(p.unit == u for p in parts))
     if len(parts) == 1:
         return parts[0]
-    return Quantity(sum((p.to(unit).value for p in parts), Decimal(0)), unit)
+    try:
+        return Quantity(sum((p.to(unit).value for p in parts), Decimal(0)), unit)
+    except QuantityError as exc:
+        raise _Refuse(PivError.UNITS_MISMATCH, at, f"duration: {exc.reason}") from None
 
 
 def _route(give: _Give) -> str | None:
@@ -522,7 +544,18 @@ class _Attributes:
             )
         if code == codes.VMD.code:
             self._keep("pump", _pump(obx), obx)
-        elif code == codes.PT_WEIGHT.code:
+            return
+        measurement = code in (codes.PT_WEIGHT.code, codes.PT_HEIGHT.code, codes.PT_BSA.code)
+        status = obx.component(11)
+        if measurement and status not in _USABLE_RESULT_STATUS:
+            # HL7 table 0085: D deleted, W wrong (replaced), X cannot be obtained, P preliminary ...
+            raise _Refuse(
+                PivError.WEIGHT_MISMATCH if code == codes.PT_WEIGHT.code else HL7_DATA_TYPE_ERROR,
+                _where(obx, 11),
+                f"the measurement {obx.component(3, 2) or code_text} has result status {status!r}: "
+                "only a final (F), corrected (C) or entered (R) value, or none, is used",
+            )
+        if code == codes.PT_WEIGHT.code:
             weight = _obx_quantity(obx, "weight")
             if weight is not None and weight.unit == "g":
                 weight = Quantity(weight.value, "g{body}")  # a patient's mass, not a drug's

@@ -24,6 +24,7 @@ decided already, its RRG^O16 is sent again. The last 1,000 messages are remember
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 import uuid
@@ -70,6 +71,28 @@ def _rrg_control_id(order_control_id: str) -> str:
     return derived if len(derived) <= 199 else uuid.uuid4().hex[:20]
 
 
+_MAX_WAITING = 1000  # orders acknowledged (CA) and not yet decided; more are answered CE
+
+
+def _key(message: Hl7Message, data: bytes) -> tuple[str, str, str, str]:
+    """Who sent it, its MSH-10 (unique per sending system, not across systems), and a digest of
+    its content: a programmer that restarts its counter reuses MSH-10s for new orders, and a new
+    order must never be taken for a re-send of an old one."""
+    digest = hashlib.sha256(data.strip(b"\r\n\x0b\x1c ")).hexdigest()
+    return (message.sender.application, message.sender.facility, message.control_id, digest)
+
+
+def _wants_answer(app_ack: str, code: str) -> bool:
+    """MSH-16 of the RGV^O15 (HL7 table 0155): AL always, ER only on an error, NE never. Empty:
+    the PIV profile's enhanced mode asks for one (as AL)."""
+    mode = app_ack.strip().upper()
+    if mode == "NE":
+        return False
+    if mode == "ER":
+        return code != "AA"
+    return True
+
+
 class PivConsumer:
     """A supervised part: the PIV listener and the RRG^O16 sender."""
 
@@ -104,7 +127,9 @@ class PivConsumer:
         self._rrg_queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         # Each message seen (sender, facility, MSH-10) and, once decided, its RRG^O16: a re-sent
         # order is not decided twice, and its answer is sent again (the first may have been lost).
-        self._seen: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str, str, str], bytes | None] = OrderedDict()
+        self._keys: dict[int, tuple[str, str, str, str]] = {}  # message queued -> its key
+        self._accepted_oids = frozenset(config.accepted_profile_oids)
         self._server: MllpServer | None = None
         self.processed = 0  # orders decided (accepted or refused), for status and tests
         self.rrg_sent = 0  # answered by the programmer with AA/CA
@@ -198,8 +223,7 @@ class PivConsumer:
             return build_ack(
                 message, "CR", at=now, sender=self._me, trigger=trigger or None, errors=[problem]
             )
-        # MSH-10 is assigned by the sending system: unique for that system, not across systems.
-        key = (message.sender.application, message.sender.facility, message.control_id)
+        key = _key(message, data)
         if key in self._seen:
             answer = self._seen[key]
             log.info(
@@ -209,20 +233,43 @@ class PivConsumer:
             if answer is not None:  # decided already: its RRG^O16 may not have arrived; send it again
                 self._rrg_queue.put_nowait((message.control_id, answer))
             return build_ack(message, "CA", at=now, sender=self._me, trigger="O15")
+        if self._queue.qsize() >= _MAX_WAITING:
+            # Bounded: a flood of orders (or a stalled event log) must not grow memory without
+            # end. CE: the programmer may send it again later.
+            busy = OrderProblem(
+                HL7_APPLICATION_ERROR,
+                "",
+                f"{_MAX_WAITING} orders are waiting to be decided; send it again later",
+            )
+            return build_ack(message, "CE", at=now, sender=self._me, trigger="O15", errors=[busy])
         self._seen[key] = None
         while len(self._seen) > _REMEMBERED:
             self._seen.popitem(last=False)
         self._queue.put_nowait(message)
+        self._keys[id(message)] = key
         return build_ack(message, "CA", at=now, sender=self._me, trigger="O15")
 
     async def _process(self, message: Hl7Message) -> None:
         order: Order | None = None
         problems: list[OrderProblem]
         try:
-            order = read_rgv_o15(message, require_profile_oid=self._config.require_profile_oid)
+            order = read_rgv_o15(
+                message,
+                require_profile_oid=self._config.require_profile_oid,
+                accepted_oids=self._accepted_oids,
+            )
         except OrderRefused as refused:
             problems = list(refused.problems)
             order_id = refused.order_id
+        except Exception as exc:
+            # A bug in the reader must still give a decision: refused, recorded, answered.
+            log.exception("reading an RGV^O15 failed unexpectedly; the order is refused")
+            problems = [
+                OrderProblem(
+                    HL7_APPLICATION_ERROR, "", f"the gateway could not read this order ({type(exc).__name__})"
+                )
+            ]
+            order_id = None
         else:
             problems = check_order(order, now=self._clock.wall(), policy=self._policy, pumps=self._pumps())
             order_id = order.order_id
@@ -270,10 +317,11 @@ class PivConsumer:
             receiver=message.sender,
             errors=problems,
         )
-        key = (message.sender.application, message.sender.facility, message.control_id)
-        if key in self._seen:
+        key = self._keys.pop(id(message), None)
+        if key is not None and key in self._seen:
             self._seen[key] = rrg
-        self._rrg_queue.put_nowait((message.control_id, rrg))
+        if _wants_answer(message.app_ack, code):
+            self._rrg_queue.put_nowait((message.control_id, rrg))
 
     async def _send_rrg(self, control_id: str, rrg: bytes) -> None:
         host, port = self._config.order_programmer_host, self._config.order_programmer_port

@@ -88,11 +88,13 @@ def _decimals(low: str = "0", high: str = "10000") -> st.SearchStrategy[Decimal]
     return st.decimals(min_value=Decimal(low), max_value=Decimal(high), places=3, allow_nan=False)
 
 
-def quantities(units: list[str], low: str = "0") -> st.SearchStrategy[Quantity]:
+positive = "0.001"  # an order's quantities are never zero (hl7/piv.py refuses zero)
+
+
+def quantities(units: list[str], low: str = positive) -> st.SearchStrategy[Quantity]:
     return st.builds(Quantity, _decimals(low), st.sampled_from(units))
 
 
-positive = "0.001"
 concentrations = st.builds(
     Concentration,
     quantities(["mg", "ug", "[iU]", "mmol", "g"], positive),

@@ -228,6 +228,22 @@ async def test_an_error_page_that_is_not_fhir_is_quoted(server: FhirTestServer, 
             await client.create(administration())
 
 
+async def test_answers_our_code_cannot_read_are_fhir_errors_not_crashes(
+    server: FhirTestServer, sleeps: Sleeps
+) -> None:
+    """Found in review: an error body nested 100,000 deep (RecursionError) and a Location that is
+    not a URL (yarl's ValueError) escaped as non-FHIR errors, which ended the EPR's outbox part."""
+    server.then(Scripted(422, raw=b"[" * 100_000 + b"]" * 100_000))
+    async with client_for(server, sleeps) as client:
+        with pytest.raises(FhirResponseError, match=r"HTTP 422"):
+            await client.create(administration())
+    server.then(Scripted(201, body={"resourceType": "MedicationAdministration", "id": "m1"},
+                         headers={"Location": "http://[::1/broken"}))  # fmt: skip
+    async with client_for(server, sleeps) as client:
+        result = await client.create(administration())
+    assert (result.status, result.resource_id) == (201, "m1")  # the id from the body instead
+
+
 # -- retries: only where safe --------------------------------------------------------------------
 
 

@@ -316,3 +316,11 @@ def mutated_examples(draw: st.DrawFn) -> bytes:
 @given(mutated_examples())
 def test_mutated_examples_give_a_message_or_hl7error(data: bytes) -> None:
     _read_everything(data)
+
+
+def test_a_byte_the_declared_character_set_lacks_is_an_hl7_error() -> None:
+    """Found in review: MSH-18 8859/7 with byte 0xFF (undefined in ISO 8859-7) raised
+    UnicodeDecodeError, which left a PIV sender without an ACK and ended the EPR's outbox part."""
+    data = b"MSH|^~\\&|A|B|C|D|20260101000000+0000||ACK^O15^ACK|1|P|2.6||||||8859/7\rMSA|AA|1|\xff\r"
+    with pytest.raises(Hl7Error, match=r"MSH-18 declares '8859/7', but byte 0xFF"):
+        parse_message(data)

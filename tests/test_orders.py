@@ -150,3 +150,13 @@ def test_pending_orders_keep_the_newest_version_per_order() -> None:
     assert [o.order_id for o in pending.for_patient("MRN123")] == ["ORD-1"]
     assert pending.remove("ORD-1") is second
     assert [o.order_id for o in pending] == ["ORD-2"]
+
+
+@pytest.mark.parametrize("element", ["dose_rate", "vtbi", "weight", "container_volume"])
+def test_a_zero_or_negative_quantity_is_refused_naming_it(element: str) -> None:
+    unit = {"dose_rate": "ug/kg/min", "vtbi": "mL", "weight": "kg", "container_volume": "mL"}[element]
+    for value in ("0", "-1"):
+        problems = check_order(
+            order(**{element: Quantity.of(value, unit)}), now=NOW, policy=POLICY, pumps=PUMPS
+        )
+        assert [(p.code, p.element) for p in problems] == [("102", element)], problems

@@ -179,3 +179,34 @@ async def test_status_reports_the_backlog_and_its_age(eventlog: EventLog) -> Non
     assert status["oldest_undelivered_time"] == first.time
     assert status["oldest_undelivered_age_s"] == 90.0
     assert status["failing"] is False
+
+
+async def test_a_bug_in_a_destination_is_retried_and_never_ends_the_part(
+    eventlog: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: an exception other than DeliveryError (a receiver's answer that our code
+    could not read) ended the part, and the supervisor then stopped the whole gateway with it."""
+
+    class Buggy(Receiver):
+        async def deliver(self, events: Sequence[Event]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise UnicodeDecodeError("iso8859-7", b"\xff", 0, 1, "undefined")
+            await super().deliver(events)
+
+    receiver = Buggy(max_batch=10, failures=2)
+    sleeps = Sleeps()
+    task = await run(OutboxPart(receiver, eventlog, FakeClock(), sleep=sleeps))
+    try:
+        event = await eventlog.append(EventType.ALARM_RAISED, {"alarm": "occlusion"})
+        await receiver.until(lambda: event.id in [e.id for e in receiver.received])
+        # ... and the recovery is recorded (and delivered, like every event)
+        await receiver.until(lambda: "delivery.restored" in [e.type for e in receiver.received])
+    finally:
+        await stop(task)
+    assert not task.done() or task.cancelled()
+    assert len(sleeps.delays) == 2  # backed off twice, then delivered
+    assert any("delivery failed unexpectedly" in r.getMessage() and r.exc_info for r in caplog.records)
+    types = [e.type for e in await eventlog.read_after(0, limit=100)]
+    assert "delivery.failed" in types
+    assert "delivery.restored" in types

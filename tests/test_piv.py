@@ -15,6 +15,7 @@ E.2.3. Their documented defects (SOURCES.md) and where each is caught:
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta, timezone
 from decimal import Decimal
 
@@ -652,3 +653,35 @@ def test_decimal_values_are_never_floats() -> None:
     assert type(order.weight.value) is Decimal
     assert order.dose_rate is not None
     assert type(order.dose_rate.value) is Decimal
+
+
+@pytest.mark.parametrize(
+    ("give", "code", "element"),
+    [
+        (rxg(f15="1" * 35, f16="mL/h"), "102", "RXG-15"),  # 35 digits: more than any order carries
+        (rxg(f15="0", f16="mL/h"), "102", "RXG-15"),  # a zero rate
+        (rxg(f5="0", f7="mL", f15="5", f16="mL/h"), "102", "RXG-5"),  # a zero VTBI
+    ],
+)
+def test_numbers_no_order_carries_are_refused_naming_the_field(give: str, code: str, element: str) -> None:
+    """Found in review: a 35-digit rate escaped as QuantityError, and zero rates and volumes were
+    accepted; a consumer then acknowledged CA and never decided the order."""
+    error = refused(order_with(give, RXR, PUMP_OBX))
+    assert (code, element) in problem_codes(error)
+
+
+def test_a_code_of_thousands_of_digits_is_refused_not_a_crash() -> None:
+    obx = "OBX|2|NM|" + "9" * 5000 + "^MDC_SOMETHING^MDC||5|kg"
+    data = order_with(rxg(f15="5", f16="mL/h"), RXR, PUMP_OBX, obx)
+    with contextlib.suppress(OrderRefused):  # refused, or the unknown OBX ignored: no ValueError escapes
+        read(data)
+
+
+def test_a_weight_marked_wrong_or_deleted_is_not_used() -> None:
+    """HL7 table 0085: W (wrong, replaced) and D (deleted) results are refused, never read."""
+    for status in ("W", "D", "X"):
+        obx = f"OBX|2|NM|68063^MDC_ATTR_PT_WEIGHT^MDC||85|kg^kg^UCUM|||||{status}"
+        error = refused(order_with(rxg(f15="5", f16="mL/h"), RXR, PUMP_OBX, obx))
+        assert (PivError.WEIGHT_MISMATCH, "OBX[2]-11") in problem_codes(error)
+    final = "OBX|2|NM|68063^MDC_ATTR_PT_WEIGHT^MDC||85|kg^kg^UCUM|||||F"
+    assert read(order_with(rxg(f15="5", f16="mL/h"), RXR, PUMP_OBX, final)).weight == q("85 kg")

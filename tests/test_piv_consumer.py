@@ -631,3 +631,63 @@ async def test_an_order_with_the_longest_control_id_is_still_answered(
     validate_strict(result.message)
     assert (piv.piv.processed, piv.piv.rrg_sent) == (1, 1)
     assert [e.order for e in of_type(await logged(eventlog), EventType.ORDER_RECEIVED)] == ["RIG-ORD-1"]
+
+
+# -- found in review: reused control ids, MSH-16, a reader bug -----------------------------------------
+
+
+def _rgv(emar: EmulatedEmar, order_id: str, control_id: str, *, app_ack: str = "AL") -> bytes:
+    data = build_rgv_o15(
+        emar.order(order_id), control_id=control_id, at=NOW, sender=EMAR_PARTY, receiver=GATEWAY_PARTY
+    )
+    fields = data.split(b"\r", 1)[0].split(b"|")
+    fields[15] = app_ack.encode()  # MSH-16 (the field list counts MSH-1 as the separator)
+    return b"|".join(fields) + b"\r" + data.split(b"\r", 1)[1]
+
+
+async def test_a_new_order_that_reuses_an_old_control_id_is_decided_not_taken_for_a_resend(
+    emar: EmulatedEmar, piv: Running, eventlog: EventLog
+) -> None:
+    """Programmers restart their counters: the same MSH-10 with other content is a new message."""
+    for order_id in ("RIG-ORD-1", "RIG-ORD-2"):
+        ack = read_ack(await mllp_request("127.0.0.1", piv.port, _rgv(emar, order_id, "1")))
+        assert ack.code == "CA"
+    await piv.piv.drained()
+    assert piv.piv.processed == 2
+    received = of_type(await logged(eventlog), EventType.ORDER_RECEIVED)
+    assert [e.order for e in received] == ["RIG-ORD-1", "RIG-ORD-2"]
+
+
+@pytest.mark.parametrize(
+    ("app_ack", "order_id", "answered"),
+    [("AL", "RIG-ORD-1", True), ("ER", "RIG-ORD-1", False), ("ER", "RIG-ORD-STALE", True),
+     ("NE", "RIG-ORD-STALE", False)],
+)  # fmt: skip
+async def test_the_rrg_honours_msh_16(
+    emar: EmulatedEmar, piv: Running, app_ack: str, order_id: str, answered: bool
+) -> None:
+    """HL7 table 0155: AL always, ER only on an error (example 03 asks ER), NE never."""
+    data = _rgv(emar, order_id, f"M-{app_ack}", app_ack=app_ack)
+    ack = read_ack(await mllp_request("127.0.0.1", piv.port, data))
+    assert ack.code == "CA"
+    await piv.piv.drained()
+    assert piv.piv.processed == 1
+    assert (piv.piv.rrg_sent + piv.piv.rrg_refused == 1) is answered
+    assert (len(emar.unmatched_results()) == 1) is answered  # not sent by the eMAR: unmatched
+
+
+async def test_a_reader_bug_still_gives_a_recorded_refusal_and_an_answer(
+    emar: EmulatedEmar, piv: Running, eventlog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug in the reader")
+
+    monkeypatch.setattr("pumpgw.hl7.piv_consumer.read_rgv_o15", broken)
+    ack = read_ack(await mllp_request("127.0.0.1", piv.port, _rgv(emar, "RIG-ORD-1", "BUG-1")))
+    assert ack.code == "CA"
+    await piv.piv.drained()
+    [rejected] = of_type(await logged(eventlog), EventType.ORDER_REJECTED)
+    assert rejected.payload["code"] == "207"
+    assert "RuntimeError" in rejected.payload["reason"]
+    [result] = emar.unmatched_results()
+    assert result.code == "AR"
