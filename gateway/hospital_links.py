@@ -5,7 +5,8 @@
 - ``[[epr.hl7]]``: one outbox per receiver, sending IHE PCD messages over MLLP.
 - ``[[epr.fhir]]``: one outbox per receiver, conditional-creating MedicationAdministration (and
   alarm Observations) over FHIR R4.
-- ``[fhir]``: the eMAR's FHIR server, for orders by patient (used by the bedside workflow).
+- ``[fhir]``: the eMAR's FHIR server, for orders by patient (``pumpgw.fhir.order_source``). Read
+  and checked; nothing in the running gateway asks it yet (the bedside workflow will).
 
 Each receiver is an outbox destination (docs/events.md): in order, at least once, retried with
 backoff while it is down; what a receiver refuses is recorded as ``delivery.rejected`` and not

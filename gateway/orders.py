@@ -119,6 +119,10 @@ class Order:
     vtbi: Quantity | None = None
     duration: Quantity | None = None
     route: str | None = None
+    # PIV RXR-3 (HL7 table 0164: IVP infusion pump, SYR syringe pump, PCA) and RXR-4 (table 0165:
+    # IV primary line, IVPB piggyback): kept as the order says them, for the workflow to match.
+    pump_type: str | None = None
+    line: str | None = None
     weight: Quantity | None = None
     height: Quantity | None = None
     bsa: Quantity | None = None

@@ -438,6 +438,22 @@ def _route(give: _Give) -> str | None:
     return rxr.component(1, 1) or rxr.component(1, 2) or None
 
 
+def _rxr_code(give: _Give, n: int) -> str | None:
+    """RXR-3 (pump type, table 0164) or RXR-4 (administration method, table 0165): CWE-1, or CWE-2
+    when CWE-1 is empty (``^IVPB^HL70165``). PCA is refused: PCA programs are not supported."""
+    if not give.rxr:
+        return None
+    rxr = give.rxr[0]
+    code = rxr.component(n, 1) or rxr.component(n, 2) or None
+    if n == 3 and code is not None and code.upper() == "PCA":
+        raise _Refuse(
+            HL7_APPLICATION_ERROR,
+            _where(rxr, 3),
+            "a PCA pump order: PCA programs are not supported by this gateway (program the pump by hand)",
+        )
+    return code
+
+
 def _name(pid: Segment) -> str | None:
     family = pid.subcomponent(5, 1, 1)
     rest = " ".join(p for p in (pid.component(5, 2), pid.component(5, 3)) if p)
@@ -738,6 +754,7 @@ def read_rgv_o15(
     first: _Step | None = None
     later: list[OrderStep] = []
     attributes = _Attributes()
+    pump_type: str | None = None
     groups = found.groups
     for number, give in enumerate(groups):
         if number == 0:
@@ -745,6 +762,7 @@ def read_rgv_o15(
             strength = _collect(problems, partial(_strength, give.rxg))
             first = _collect(problems, partial(_give_values, give, found.order_tq1))
             _collect(problems, partial(_step_number, give.rxg, None))
+            pump_type = _collect(problems, partial(_rxr_code, give, 3))
         else:
             _collect(problems, partial(_same_as_first, give.rxg, drug, strength))
             step = _collect(problems, partial(_later_step, give, groups[number - 1].rxg))
@@ -772,6 +790,8 @@ def read_rgv_o15(
         vtbi=first.vtbi,
         duration=first.duration,
         route=_route(groups[0]),
+        pump_type=pump_type,
+        line=_rxr_code(groups[0], 4),
         weight=attributes.weight,
         height=attributes.height,
         bsa=attributes.bsa,
@@ -913,9 +933,15 @@ def _tq1(duration: Quantity | None) -> str:
 def _rxr(order: Order) -> str:
     if order.route is None:
         raise Hl7Error(f"order {order.order_id} has no route: RXR-1 is required in an RGV^O15")
-    # RXR-4 (administration method, CP-PCD-159): IV, the primary line; the Order has no piggyback.
+    # RXR-3 the pump type when the order has one; RXR-4 (administration method, CP-PCD-159) the
+    # order's line, IV (primary) when it says none.
+    pump_type = components(escape(order.pump_type), "", "HL70164") if order.pump_type else ""
     return segment(
-        "RXR", components(escape(order.route), "", "HL70162"), "", "", components("IV", "", "HL70165")
+        "RXR",
+        components(escape(order.route), "", "HL70162"),
+        "",
+        pump_type,
+        components(escape(order.line or "IV"), "", "HL70165"),
     )
 
 

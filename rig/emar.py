@@ -279,6 +279,7 @@ class EmulatedEmar:
             vtbi=Quantity.parse(o.vtbi) if o.vtbi else None,
             duration=Quantity.parse(o.duration) if o.duration else None,
             route=o.route,
+            line="IV",  # the rig's orders run on the primary line (PIV RXR-4)
             weight=patient.weight_quantity(),
             pump_id=o.pump,
             channel=o.channel,

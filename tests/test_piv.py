@@ -685,3 +685,12 @@ def test_a_weight_marked_wrong_or_deleted_is_not_used() -> None:
         assert (PivError.WEIGHT_MISMATCH, "OBX[2]-11") in problem_codes(error)
     final = "OBX|2|NM|68063^MDC_ATTR_PT_WEIGHT^MDC||85|kg^kg^UCUM|||||F"
     assert read(order_with(rxg(f15="5", f16="mL/h"), RXR, PUMP_OBX, final)).weight == q("85 kg")
+
+
+def test_pump_type_and_line_are_kept_and_a_pca_order_refused() -> None:
+    """RXR-3 (table 0164) and RXR-4 (table 0165): a piggyback is not read as a primary infusion
+    (found in review: both were dropped); a PCA pump order is refused, as its parameters are."""
+    piggyback = read(order_with(rxg(f15="5", f16="mL/h"), "RXR|IV||^SYR^HL70164|^IVPB^HL70165", PUMP_OBX))
+    assert (piggyback.pump_type, piggyback.line) == ("SYR", "IVPB")
+    error = refused(order_with(rxg(f15="5", f16="mL/h"), "RXR|IV||^PCA^HL70164", PUMP_OBX))
+    assert ("207", "RXR-3") in problem_codes(error)
