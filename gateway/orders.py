@@ -290,25 +290,47 @@ def _minutes(delta: timedelta) -> str:
 
 @dataclass
 class PendingOrders:
-    """Accepted orders waiting for the bedside workflow, by order id (newest version wins).
+    """Accepted orders waiting for the bedside workflow.
+
+    Kept per (source, order id, action): a PIV rate change (XO) or bolus (CH) carries the order
+    number of the infusion it changes, and must not replace the new-container order (RE) it
+    refers to; an HL7 and a FHIR order with the same number are different orders. A newer version
+    of the same (source, id, action) replaces the older one.
 
     In memory: every order is also in the event log (``order.received``), which is the record; after
     a restart the order programmer re-sends, or the workflow fetches over FHIR on the patient scan.
     """
 
-    _orders: dict[str, Order] = field(default_factory=dict)
+    _orders: dict[tuple[OrderSource, str, OrderAction], Order] = field(default_factory=dict)
 
     def put(self, order: Order) -> Order | None:
-        """Keep ``order``; return the one it replaces (same order id), if any."""
-        previous = self._orders.pop(order.order_id, None)
-        self._orders[order.order_id] = order
+        """Keep ``order``; return the one it replaces (same source, order id and action), if any."""
+        key = (order.source, order.order_id, order.action)
+        previous = self._orders.pop(key, None)
+        self._orders[key] = order
         return previous
 
-    def get(self, order_id: str) -> Order | None:
-        return self._orders.get(order_id)
+    def find(self, order_id: str, action: OrderAction = OrderAction.NEW) -> list[Order]:
+        """Every held order with ``order_id`` and ``action``, whatever its source."""
+        return [o for (_, oid, act), o in self._orders.items() if oid == order_id and act is action]
 
-    def remove(self, order_id: str) -> Order | None:
-        return self._orders.pop(order_id, None)
+    def get(
+        self, order_id: str, action: OrderAction = OrderAction.NEW, source: OrderSource | None = None
+    ) -> Order | None:
+        """The held order; with no ``source``, only when exactly one source holds that number (two
+        systems using one number is ambiguous, and the caller must say which)."""
+        if source is not None:
+            return self._orders.get((source, order_id, action))
+        found = self.find(order_id, action)
+        return found[0] if len(found) == 1 else None
+
+    def remove(
+        self, order_id: str, action: OrderAction = OrderAction.NEW, source: OrderSource | None = None
+    ) -> Order | None:
+        order = self.get(order_id, action, source)
+        if order is not None:
+            del self._orders[(order.source, order.order_id, order.action)]
+        return order
 
     def for_patient(self, patient_id: str) -> list[Order]:
         return [o for o in self._orders.values() if o.patient_id == patient_id]

@@ -178,9 +178,18 @@ class Hl7EprDestination:
                 f"{message.kind} message {message.control_id}: the reply is not an HL7 ACK ({exc}); "
                 f"received {reply[:80]!r}",
             ) from exc
-        if ack.acked_control_id != message.control_id:
+        if not ack.acked_control_id:
+            # An empty MSA-2 (a known defect of real receivers, and of IHE example 08's kind):
+            # one message is outstanding on this connection at a time, and the client drops the
+            # connection after any failure, so this reply can only be to this message. Taken, and
+            # said, rather than retried for ever behind one event.
+            log.warning(
+                "the EPR's ACK has an empty MSA-2; taken as the answer to the one message outstanding",
+                extra={"destination": self.name, "control_id": message.control_id},
+            )
+        elif ack.acked_control_id != message.control_id:
             await self._client.close()  # a late reply to something else: start clean
-            named = repr(ack.acked_control_id) if ack.acked_control_id else "nothing (MSA-2 is empty)"
+            named = repr(ack.acked_control_id)
             raise DeliveryError(
                 self.name,
                 f"{message.kind} message {message.control_id}: the ACK names {named} in MSA-2, not this "

@@ -71,6 +71,8 @@ class Epr:
             return build_ack(msg, "AA", at=at, sender=sender).replace(
                 msg.control_id.encode(), b"someone-else"
             )
+        if action == "empty-msa-2":
+            return build_ack(msg, "AA", at=at, sender=sender).replace(b"|" + msg.control_id.encode(), b"|")
         return build_ack(msg, action, at=at, sender=sender, text="unknown patient" if action != "AA" else "")
 
     @property
@@ -404,3 +406,18 @@ async def test_events_without_messages_send_nothing(eventlog: EventLog, epr: Epr
     await dest.deliver(quiet)
     assert epr.received == []
     assert epr.server.accepted == 0
+
+
+async def test_an_ack_with_an_empty_msa_2_is_taken_for_the_one_message_outstanding(
+    eventlog: EventLog, epr: Epr
+) -> None:
+    """A known defect of real receivers (found in review: it stalled the outbox for ever). One
+    message is outstanding per connection, so the reply can only be to it."""
+    rejections = Rejections(eventlog)
+    dest = destination(epr, eventlog, rejections)
+    ev = await add(eventlog, EventType.INFUSION_STARTED)
+    epr.script[control_id(ev, "ipec")] = "empty-msa-2"
+    await dest.deliver([ev])
+    assert dest.sent == 1
+    assert rejections.seen == []
+    await dest.close()

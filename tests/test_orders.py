@@ -160,3 +160,23 @@ def test_a_zero_or_negative_quantity_is_refused_naming_it(element: str) -> None:
             order(**{element: Quantity.of(value, unit)}), now=NOW, policy=POLICY, pumps=PUMPS
         )
         assert [(p.code, p.element) for p in problems] == [("102", element)], problems
+
+
+def test_a_change_or_a_bolus_does_not_replace_the_order_it_refers_to() -> None:
+    """Found in review: a PIV XO (rate change) with the RE's order number replaced the held
+    new-container order, and its concentration and VTBI were gone."""
+    pending = PendingOrders()
+    new = order()
+    change = order(
+        action=OrderAction.CHANGE, concentration=None, vtbi=None, dose_rate=Quantity.of("12", "ug/kg/min")
+    )
+    pending.put(new)
+    assert pending.put(change) is None
+    assert pending.get("ORD-1") is new
+    assert pending.get("ORD-1", OrderAction.CHANGE) is change
+    fhir = order(source=OrderSource.FHIR)
+    pending.put(fhir)
+    assert pending.get("ORD-1") is None  # two systems, one number: ambiguous without the source
+    assert pending.get("ORD-1", source=OrderSource.FHIR) is fhir
+    assert pending.remove("ORD-1", source=OrderSource.HL7) is new
+    assert pending.get("ORD-1") is fhir
