@@ -281,7 +281,8 @@ class _Node:
 @dataclass(frozen=True, slots=True)
 class _Dosage:
     dose: Quantity | None
-    dose_rate: Quantity | None
+    dose_rate: Quantity | None  # an amount per time (ug/kg/min, mg/h)
+    rate: Quantity | None  # a flow (mL/h)
     duration: Quantity | None
     route: str | None
 
@@ -383,8 +384,8 @@ class _Mapper:
             container_volume=container,
             # A plain flow (mL/h) is the order's rate, as an HL7 PIV order gives it (Order.rate);
             # a dose rate (ug/kg/min, mg/h) is its dose_rate.
-            dose_rate=dosage.dose_rate if dosage and not _is_flow(dosage.dose_rate) else None,
-            rate=dosage.dose_rate if dosage and _is_flow(dosage.dose_rate) else None,
+            dose_rate=dosage.dose_rate if dosage else None,
+            rate=dosage.rate if dosage else None,
             dose=dosage.dose if dosage else None,
             duration=dosage.duration if dosage else None,
             route=dosage.route if dosage else None,
@@ -772,7 +773,11 @@ class _Mapper:
                 rate = self.ratio_rate(r)
                 if rate is not None:
                     rates.setdefault(rate, label)
-        for name, found in (("doses", doses), ("rates", rates)):
+        # A dose rate ordered with the flow it comes to ("ordered" 4 ug/kg/min and "calculated"
+        # 12 mL/h) is one order, as a PIV order carries both; two dose rates, or two flows, are not.
+        flows = {q: t for q, t in rates.items() if _is_flow(q)}
+        dose_rates = {q: t for q, t in rates.items() if not _is_flow(q)}
+        for name, found in (("doses", doses), ("dose rates", dose_rates), ("rates", flows)):
             if len(found) > 1:
                 self.problem(
                     HL7_APPLICATION_ERROR,
@@ -782,7 +787,8 @@ class _Mapper:
                 )
         return _Dosage(
             dose=next(iter(doses), None) if len(doses) == 1 else None,
-            dose_rate=next(iter(rates), None) if len(rates) == 1 else None,
+            dose_rate=next(iter(dose_rates), None) if len(dose_rates) == 1 else None,
+            rate=next(iter(flows), None) if len(flows) == 1 else None,
             duration=self._duration(instruction),
             route=self._route(instruction),
         )
@@ -1192,7 +1198,9 @@ def _patient_name(patient: _Node) -> str | None:
 
 def _describe(d: _Dosage) -> str:
     parts = [
-        f"{label} {q}" for label, q in (("dose", d.dose), ("rate", d.dose_rate), ("for", d.duration)) if q
+        f"{label} {q}"
+        for label, q in (("dose", d.dose), ("dose rate", d.dose_rate), ("rate", d.rate), ("for", d.duration))
+        if q
     ]
     if d.route:
         parts.append(f"route {d.route}")

@@ -13,7 +13,7 @@ import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,34 @@ def test_two_different_rates_are_ambiguous_and_the_same_rate_twice_is_not() -> N
     assert medication_request_to_order(edited(second_rate(4)), patient=PATIENT).dose_rate == Quantity.of(
         4, "ug/kg/min"
     )
+
+
+def test_a_dose_rate_ordered_with_the_flow_it_comes_to_is_one_order() -> None:
+    """ "ordered" 4 ug/kg/min with "calculated" 12 mL/h is a common form (found in review: refused
+    as two rates); both are kept, as a PIV order carries both (RXG-15 and a flow). Two flows that
+    differ are still ambiguous."""
+
+    def with_flow(*values: int) -> Callable[[dict[str, Any]], None]:
+        def edit(r: dict[str, Any]) -> None:
+            for value in values:
+                r["dosageInstruction"][0]["doseAndRate"].append(
+                    {
+                        "type": {"coding": [{"code": "calculated"}]},
+                        "rateQuantity": {
+                            "value": value,
+                            "unit": "mL/h",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "mL/h",
+                        },
+                    }
+                )
+
+        return edit
+
+    order = medication_request_to_order(edited(with_flow(12)), patient=PATIENT)
+    assert (order.dose_rate, order.rate) == (Quantity.of(4, "ug/kg/min"), Quantity.of(12, "mL/h"))
+    problem = only(refused(edited(with_flow(12, 13))))
+    assert "2 different rates" in problem.reason
 
 
 def test_two_dosage_instructions_that_differ_are_ambiguous() -> None:
@@ -678,7 +706,9 @@ def test_random_edits_are_refused_or_mapped_faithfully(edits: list[tuple[tuple[A
         repeat = (instruction.get("timing") or {}).get("repeat") or {}
         if order.duration is not None:
             factor = 24 if repeat["durationUnit"] == "d" else 1
-            assert order.duration.value == Decimal(repeat["duration"]) * factor
+            with localcontext() as exact:  # the mapper keeps every digit; so must the expectation
+                exact.prec = 100
+                assert order.duration.value == Decimal(repeat["duration"]) * factor
     if order.dose_rate is not None:
         assert order.dose_rate.value in numbers or order.dose_rate.unit.endswith("/h")  # a converted ratio
     assert order.ordered_at is None or order.ordered_at.isoformat()[:10] == request["authoredOn"][:10]
