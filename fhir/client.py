@@ -76,10 +76,30 @@ def loads_json(data: bytes | str) -> Any:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
-    try:
-        return json.loads(data, parse_float=Decimal, parse_constant=no_constant)
-    except RecursionError:
-        raise ValueError("the JSON is nested too deeply to read") from None
+    if _nesting(data) > MAX_JSON_DEPTH:
+        # Refused before parsing: json.loads would raise RecursionError, and a RecursionError
+        # caught in a thread leaves CPython 3.11's parser in a bad state for that thread.
+        raise ValueError(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    return json.loads(data, parse_float=Decimal, parse_constant=no_constant)
+
+
+#: Deeper than any FHIR resource (a Bundle of contained resources is well under 30 levels).
+MAX_JSON_DEPTH: Final = 100
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting(data: bytes | str) -> int:
+    """The deepest nesting of arrays and objects in ``data``, outside strings (0 when there are
+    too few brackets for it to matter)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than that: the usual answer, found without a scan
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, delete=bytes(set(range(256)) - set(b"[]{}")))
+    depth = deepest = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def dumps_json(value: Any) -> bytes:

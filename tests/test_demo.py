@@ -202,7 +202,7 @@ def test_events_verify_command_on_the_demo_log(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "hash chain intact; last event seq" in ok.stdout
     db = sqlite3.connect(state / "events.sqlite3")
-    db.execute("UPDATE events SET payload = '{}' WHERE seq = 2")
+    db.execute("""UPDATE events SET payload = '{"tampered": true}' WHERE seq = 2""")
     db.commit()
     db.close()
     bad = subprocess.run(

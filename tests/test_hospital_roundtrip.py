@@ -339,8 +339,10 @@ async def test_an_epr_outage_is_shown_then_everything_arrives_in_order(epr: Emul
         infusion.append(await gw.append(EventType.INFUSION_COMPLETED, refs=refs, channel=1 + i))
 
     async def both_failing() -> bool:
+        # The status turns failing as the outbox writes delivery.failed: wait for both.
         status = await gw.delivery()
-        return all(status[name]["failing"] for name in (HL7_EPR, FHIR_EPR))
+        said = {e.payload["destination"] for e in await gw.events() if e.type == "delivery.failed"}
+        return all(status[name]["failing"] for name in (HL7_EPR, FHIR_EPR)) and said == {HL7_EPR, FHIR_EPR}
 
     await gw.until(both_failing)
     status = await gw.delivery()
