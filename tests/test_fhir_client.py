@@ -4,7 +4,6 @@ bearer tokens and SMART Backend Services with a JWT verified here with cryptogra
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir_server import FhirTestServer, Scripted, outcome, verify_jwt
 from hypothesis import given
 from hypothesis import strategies as st
+from part_harness import Sleeps
 from tls_certs import make_pki
 
 from pumpgw.fhir.client import (
@@ -38,17 +38,6 @@ from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import ConfigError, FhirError
 
 EVENT = "urn:pumpgw:event"
-
-
-class Sleeps:
-    """An injected sleep: records the delays asked for and yields without waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from event_samples import sample
 from fhir_server import FhirTestServer, Scripted, outcome
+from part_harness import Sleeps, run, stop, until_delivered
 
 from pumpgw.fhir.client import FhirClient
 from pumpgw.fhir.destination import FhirDestination, Rejection, record_rejections
@@ -26,17 +27,6 @@ NAME = "fhir-epr"
 REFS = Refs(patient="MRN-1", order="ORD-1", clinician="RN-1")
 
 
-class Sleeps:
-    """An injected sleep: records the delays asked for and yields without waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[FhirTestServer]:
     async with FhirTestServer() as s:
@@ -47,27 +37,6 @@ async def server() -> AsyncIterator[FhirTestServer]:
 async def client(server: FhirTestServer) -> AsyncIterator[FhirClient]:
     async with FhirClient(server.base_url, retries=0, timeout_s=2.0) as c:
         yield c
-
-
-async def until_delivered(log: EventLog, seq: int) -> None:
-    """Poll the recorded position (the log has no event for it), as tests/test_outbox.py does."""
-    for _ in range(1000):
-        if await log.delivered_seq(NAME) >= seq:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{NAME} never recorded delivery up to {seq}")
-
-
-async def run(part: OutboxPart) -> asyncio.Task[None]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(part.run(ready))
-    await ready.wait()
-    return task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait({task})
 
 
 async def infusion(log: EventLog, type: EventType = EventType.INFUSION_STARTED) -> Event:
@@ -100,7 +69,7 @@ async def test_clinical_events_are_delivered_in_order_and_the_rest_passed_over(
         )  # AuditEvent only
         completed = await infusion(eventlog, EventType.INFUSION_COMPLETED)
         await server.until(lambda: len(server.fhir_requests("POST")) == 3)
-        await until_delivered(eventlog, completed.seq)
+        await until_delivered(eventlog, NAME, completed.seq)
     finally:
         await stop(task)
     assert await eventlog.delivered_seq(NAME) == completed.seq
@@ -144,7 +113,7 @@ async def test_a_crash_after_the_server_took_a_batch_does_not_duplicate_it(
     again = await run(part_for(destination, eventlog))
     try:
         await server.until(lambda: len(server.fhir_requests("POST")) == 4)
-        await until_delivered(eventlog, events[-1].seq)
+        await until_delivered(eventlog, NAME, events[-1].seq)
     finally:
         await stop(again)
     assert await eventlog.delivered_seq(NAME) == events[-1].seq
@@ -168,7 +137,7 @@ async def test_a_refused_event_is_recorded_and_the_next_one_still_goes(
     task = await run(part_for(destination, eventlog))
     try:
         await server.until(lambda: len(event_ids(server)) == 2)
-        await until_delivered(eventlog, last.seq + 1)  # past the delivery.rejected event too
+        await until_delivered(eventlog, NAME, last.seq + 1)  # past the delivery.rejected event too
     finally:
         await stop(task)
     assert event_ids(server) == [first.id, last.id]
@@ -195,7 +164,7 @@ async def test_a_busy_server_is_retried_with_backoff_until_it_takes_the_event(
     task = await run(part_for(destination, eventlog, sleeps))
     try:
         await server.until(lambda: len(event_ids(server)) == 1)
-        await until_delivered(eventlog, started.seq + 2)  # delivery.failed, delivery.restored
+        await until_delivered(eventlog, NAME, started.seq + 2)  # delivery.failed, delivery.restored
     finally:
         await stop(task)
     assert event_ids(server) == [started.id]

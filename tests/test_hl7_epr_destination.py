@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from event_samples import SAMPLES
+from part_harness import Sleeps, run, stop
 
 from pumpgw.gateway.clock import FakeClock
 from pumpgw.gateway.errors import DeliveryError, Hl7Error
@@ -131,17 +132,6 @@ class Watched:
                 await self.changed.wait()
 
 
-class Sleeps:
-    """The outbox's backoff sleep, injected: records delays, never waits."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
-
-
 def destination(epr: Epr, log: EventLog, rejections: Rejections, **kwargs: Any) -> Hl7EprDestination:
     client = MllpClient(
         "127.0.0.1", epr.server.port, connect_timeout_s=2, reply_timeout_s=kwargs.pop("reply_timeout_s", 5)
@@ -149,18 +139,6 @@ def destination(epr: Epr, log: EventLog, rejections: Rejections, **kwargs: Any) 
     return Hl7EprDestination(
         "epr-hl7", client, CONFIG, FakeClock(), on_rejected=rejections, history=log.read_after, **kwargs
     )
-
-
-async def running(part: OutboxPart) -> asyncio.Task[None]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(part.run(ready))
-    await ready.wait()
-    return task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait({task})
 
 
 async def add(log: EventLog, type_: EventType, payload: dict[str, Any] | None = None, **kwargs: Any) -> Event:
@@ -205,7 +183,7 @@ async def test_events_are_delivered_in_order_and_every_message_validates(
         control_id(done, "ras"),
         control_id(after, "ipec"),  # no RAS: the completion documented the administration already
     ]
-    task = await running(part)
+    task = await run(part)
     try:
         await watched.until_through(after.seq)
     finally:
@@ -277,7 +255,7 @@ async def test_a_refused_message_is_recorded_once_and_the_next_event_still_goes(
     first = await add(eventlog, EventType.INFUSION_STARTED)
     second = await add(eventlog, EventType.INFUSION_PAUSED)
     epr.script[control_id(first, "ipec")] = "AR"
-    task = await running(part)
+    task = await run(part)
     try:
         await watched.until_through(second.seq)
     finally:
@@ -326,7 +304,7 @@ async def test_a_dropped_connection_mid_batch_resends_with_the_same_control_id(
     ]
     ids = [control_id(e, "ipec") for e in events]
     epr.script[ids[1]] = "drop"
-    task = await running(part)
+    task = await run(part)
     try:
         await watched.until_through(events[-1].seq)
     finally:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from part_harness import Sleeps, run, stop, until_delivered
 
 from pumpgw.gateway.backoff import Backoff
 from pumpgw.gateway.clock import FakeClock
@@ -48,37 +49,6 @@ class Receiver:
             while not condition():
                 self.changed.clear()
                 await self.changed.wait()
-
-
-class Sleeps:
-    """An injected sleep: records the delays asked for and yields without waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await asyncio.sleep(0)
-
-
-async def until_delivered(log: EventLog, destination: str, seq: int) -> None:
-    for _ in range(1000):
-        if await log.delivered_seq(destination) >= seq:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{destination} never recorded delivery up to {seq}")
-
-
-async def run(part: OutboxPart) -> asyncio.Task[None]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(part.run(ready))
-    await ready.wait()
-    return task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait({task})
 
 
 async def test_delivers_in_order_in_batches_and_records_the_position(eventlog: EventLog) -> None:
