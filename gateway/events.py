@@ -66,6 +66,13 @@ class EventType(StrEnum):
     DERS_OVERRIDE = "ders.override"
     PROGRAMMING_SENT = "programming.sent"
     PROGRAMMING_READ_BACK = "programming.read_back"
+    WORKFLOW_ORDER_SELECTED = "workflow.order_selected"
+    WORKFLOW_BLOCKED = "workflow.blocked"
+    WORKFLOW_CANCELLED = "workflow.cancelled"
+    WORKFLOW_TIMED_OUT = "workflow.timed_out"
+    WORKFLOW_ABORTED = "workflow.aborted"
+    WORKFLOW_CONFIRMED = "workflow.confirmed"
+    WORKFLOW_INFUSING = "workflow.infusing"
     # Delivery upstream
     DELIVERY_FAILED = "delivery.failed"
     DELIVERY_RESTORED = "delivery.restored"
@@ -321,6 +328,41 @@ class ReadBack(Payload):
     differences: list[Difference]
 
 
+class WorkflowOrderSelected(Payload):
+    order_id: str
+    drug: Text = Field(description="the drug as the order names it")
+    how: str = Field(description='how it was chosen: "label" (the pharmacy label named it) or "only order"')
+
+
+class WorkflowBlocked(Payload):
+    state: str = Field(description="the workflow state the sequence was in when it stopped")
+    reason: Text
+
+
+class WorkflowCancelled(Payload):
+    state: str
+    by: str = Field(description="who cancelled (badge id)")
+
+
+class WorkflowTimedOut(Payload):
+    state: str
+    after_s: Decimal_ = Field(description="the state's timeout, in seconds")
+
+
+class WorkflowAborted(Payload):
+    state: str
+    reason: Text
+
+
+class WorkflowConfirmed(Payload):
+    what: Literal["concentration", "start"]
+    by: str
+
+
+class WorkflowInfusing(Payload):
+    order_id: str | None
+
+
 class DeliveryFailed(Payload):
     destination: str
     error: Text
@@ -374,6 +416,13 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.DERS_OVERRIDE: DersOverride,
     EventType.PROGRAMMING_SENT: Programming,
     EventType.PROGRAMMING_READ_BACK: ReadBack,
+    EventType.WORKFLOW_ORDER_SELECTED: WorkflowOrderSelected,
+    EventType.WORKFLOW_BLOCKED: WorkflowBlocked,
+    EventType.WORKFLOW_CANCELLED: WorkflowCancelled,
+    EventType.WORKFLOW_TIMED_OUT: WorkflowTimedOut,
+    EventType.WORKFLOW_ABORTED: WorkflowAborted,
+    EventType.WORKFLOW_CONFIRMED: WorkflowConfirmed,
+    EventType.WORKFLOW_INFUSING: WorkflowInfusing,
     EventType.DELIVERY_FAILED: DeliveryFailed,
     EventType.DELIVERY_RESTORED: DeliveryRestored,
     EventType.DELIVERY_REJECTED: DeliveryRejected,

@@ -178,6 +178,23 @@ SAMPLES: dict[EventType, dict[str, Any]] = {
         "matches": False,
         "differences": [{"field": "rate_ml_h", "sent": "4.00", "read": "40.0"}],
     },
+    EventType.WORKFLOW_ORDER_SELECTED: {
+        "order_id": "ORD-1",
+        "drug": "fentanyl (http://www.nlm.nih.gov/research/umls/rxnorm 4337)",
+        "how": "only order",
+    },
+    EventType.WORKFLOW_BLOCKED: {
+        "state": "order_matched",
+        "reason": "order, container and pump do not match: concentration mismatch (code PGW-203)",
+    },
+    EventType.WORKFLOW_CANCELLED: {"state": "library_checked", "by": "795260646688514634"},
+    EventType.WORKFLOW_TIMED_OUT: {"state": "clinician", "after_s": "300"},
+    EventType.WORKFLOW_ABORTED: {
+        "state": "pump_channel",
+        "reason": "wristband of 123456789012345675 scanned",
+    },
+    EventType.WORKFLOW_CONFIRMED: {"what": "start", "by": "795260646688514634"},
+    EventType.WORKFLOW_INFUSING: {"order_id": "ORD-1"},
     EventType.DELIVERY_FAILED: {"destination": "mqtt", "error": "connection refused", "backlog": 12},
     EventType.DELIVERY_RESTORED: {"destination": "mqtt", "failed_for_s": "42.5", "attempts": 7},
     EventType.DELIVERY_REJECTED: {
