@@ -344,8 +344,8 @@ Effect = FetchOrders | Reconcile | CheckDers | Program | ReadBack | Emit | Promp
 
 
 class WorkflowEvent(StrEnum):
-    """Workflow events not in gateway/events.py yet (to be added there). Payload values are text or
-    null: order_selected {order_id, drug, how}; blocked {state, reason}; cancelled {state, by};
+    """The workflow's own events: the ``workflow.*`` types of gateway/events.py (payload models there).
+    Payloads: order_selected {order_id, drug, how}; blocked {state, reason}; cancelled {state, by};
     timed_out {state, after_s}; aborted {state, reason}; confirmed {what, by}; infusing {order_id}."""
 
     ORDER_SELECTED = "workflow.order_selected"
@@ -542,7 +542,9 @@ class Workflow:
             )
             missing = [what for what, have in wanted if have is None]
             if missing:
-                return "scan " + " and ".join(missing)
+                return "scan " + " and ".join(
+                    [", ".join(missing[:-1]), missing[-1]] if missing[1:] else missing
+                )
             if c.orders is None:
                 return "wait: the patient's orders are being fetched"
             return "scan the pharmacy label, to choose between the orders that fit"
@@ -636,7 +638,7 @@ class Workflow:
         self._pending = self._request()
         self._out.append(Reconcile(self._pending, admin))
         self._say(
-            f"Order {order.order_id} ({order.drug}) matched for {self._pump_words()}: checking order, "
+            f"Order {order.order_id} matched, {order.drug}, for {self._pump_words()}: checking order, "
             "container and pump against each other."
         )
         return State.ORDER_MATCHED
@@ -715,8 +717,11 @@ def _gather(wf: Workflow, inp: ScanInput) -> State:
     elif isinstance(scan, PumpScan):
         old, c.pump = c.pump, scan
     wf._accept_scan(scan)
+    what = _KIND_WORDS[type(scan)]
     replaced = old is not None and old != scan
-    return wf._advance(f"The {_KIND_WORDS[type(scan)]} scanned before was replaced. " if replaced else "")
+    return wf._advance(
+        f"{what.capitalize()} scanned" + (f": it replaces the {what} scanned before. " if replaced else ". ")
+    )
 
 
 def _add_clinician(wf: Workflow, inp: ScanInput) -> State:
