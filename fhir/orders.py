@@ -91,7 +91,7 @@ from pumpgw.gateway.orders import (
     OrderSource,
     PivError,
 )
-from pumpgw.gateway.quantity import Quantity, UnitParts, known_units, unit_parts
+from pumpgw.gateway.quantity import Quantity, UnitParts, is_flow, known_units, unit_parts
 
 UCUM: Final = "http://unitsofmeasure.org"
 V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -204,10 +204,6 @@ def medication_request_to_order(
     if order is None or m.problems:
         raise OrderRefused(m.order_id or _best_effort_id(request), m.problems)
     return order
-
-
-def _is_flow(q: Quantity | None) -> bool:
-    return q is not None and q.dimension == "volume/time"
 
 
 def operation_outcome(problems: Iterable[OrderProblem]) -> dict[str, Any]:
@@ -775,8 +771,8 @@ class _Mapper:
                     rates.setdefault(rate, label)
         # A dose rate ordered with the flow it comes to ("ordered" 4 ug/kg/min and "calculated"
         # 12 mL/h) is one order, as a PIV order carries both; two dose rates, or two flows, are not.
-        flows = {q: t for q, t in rates.items() if _is_flow(q)}
-        dose_rates = {q: t for q, t in rates.items() if not _is_flow(q)}
+        flows = {q: t for q, t in rates.items() if is_flow(q)}
+        dose_rates = {q: t for q, t in rates.items() if not is_flow(q)}
         for name, found in (("doses", doses), ("dose rates", dose_rates), ("rates", flows)):
             if len(found) > 1:
                 self.problem(

@@ -223,3 +223,8 @@ class Quantity:
 
     def __str__(self) -> str:
         return f"{self.value} {self.unit}"
+
+
+def is_flow(q: Quantity | None) -> bool:
+    """A volume per time (mL/h): what a pump is programmed in, as opposed to a dose rate."""
+    return q is not None and q.dimension == "volume/time"

@@ -113,7 +113,7 @@ from .library import CODE_SYSTEMS, Library, canonical_number
 from .library import Drug as LibraryEntry
 from .orders import Drug as OrderedDrug
 from .orders import Order, PivError
-from .quantity import Quantity, base_value, unit_parts
+from .quantity import Quantity, base_value, is_flow, unit_parts
 from .scan_types import LabelScan, MedicationScan
 
 
@@ -923,20 +923,16 @@ def _compare(
     )
 
 
-def _is_flow(q: Quantity | None) -> bool:
-    return q is not None and q.dimension == "volume/time"
-
-
 def _split(dose_rate: Quantity | None, rate: Quantity | None) -> tuple[Quantity | None, Quantity | None]:
     """(dose rate, flow) of one side: ``dose_rate`` may itself be a flow (an order by mL/h)."""
-    dose = None if dose_rate is None or _is_flow(dose_rate) else dose_rate
-    flow = rate if rate is not None else (dose_rate if _is_flow(dose_rate) else None)
+    dose = None if dose_rate is None or is_flow(dose_rate) else dose_rate
+    flow = rate if rate is not None else (dose_rate if is_flow(dose_rate) else None)
     return dose, flow
 
 
 def _two_flows(dose_rate: Quantity | None, rate: Quantity | None) -> bool:
     """Whether one side gives two different flows (a dose_rate in mL/h and a rate)."""
-    if dose_rate is None or rate is None or not (_is_flow(dose_rate) and _is_flow(rate)):
+    if dose_rate is None or rate is None or not (is_flow(dose_rate) and is_flow(rate)):
         return False
     return _exact_base(dose_rate) != _exact_base(rate)
 

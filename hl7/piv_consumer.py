@@ -121,14 +121,13 @@ class PivConsumer:
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
         self._policy = OrderPolicy(stale_after=timedelta(minutes=config.stale_after_min))
         self._me = sender or Party(config.application, config.facility or "")
-        self._queue: asyncio.Queue[Hl7Message] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Hl7Message, tuple[str, str, str, str]]] = asyncio.Queue()
         # RRG^O16s to send, in the order the orders were decided: a programmer that is down delays
         # its answers, never the next orders' decisions.
         self._rrg_queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         # Each message seen (sender, facility, MSH-10) and, once decided, its RRG^O16: a re-sent
         # order is not decided twice, and its answer is sent again (the first may have been lost).
         self._seen: OrderedDict[tuple[str, str, str, str], bytes | None] = OrderedDict()
-        self._keys: dict[int, tuple[str, str, str, str]] = {}  # message queued -> its key
         self._accepted_oids = frozenset(config.accepted_profile_oids)
         self._server: MllpServer | None = None
         self.processed = 0  # orders decided (accepted or refused), for status and tests
@@ -174,9 +173,9 @@ class PivConsumer:
         sender = asyncio.create_task(self._send_answers(), name="hl7-piv-rrg")
         try:
             while True:
-                message = await self._queue.get()
+                message, key = await self._queue.get()
                 try:
-                    await self._process(message)
+                    await self._process(message, key)
                 except Exception:
                     # A bug met on one message must cost that message, never the listener: every
                     # later order would otherwise go unanswered. (CancelledError is not caught.)
@@ -245,11 +244,10 @@ class PivConsumer:
         self._seen[key] = None
         while len(self._seen) > _REMEMBERED:
             self._seen.popitem(last=False)
-        self._queue.put_nowait(message)
-        self._keys[id(message)] = key
+        self._queue.put_nowait((message, key))
         return build_ack(message, "CA", at=now, sender=self._me, trigger="O15")
 
-    async def _process(self, message: Hl7Message) -> None:
+    async def _process(self, message: Hl7Message, key: tuple[str, str, str, str]) -> None:
         order: Order | None = None
         problems: list[OrderProblem]
         try:
@@ -317,8 +315,7 @@ class PivConsumer:
             receiver=message.sender,
             errors=problems,
         )
-        key = self._keys.pop(id(message), None)
-        if key is not None and key in self._seen:
+        if key in self._seen:
             self._seen[key] = rrg
         if _wants_answer(message.app_ack, code):
             self._rrg_queue.put_nowait((message.control_id, rrg))

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from aiohttp import web
@@ -74,6 +73,7 @@ from .emar_data import (
     load_emar_file,
 )
 from .epr import (
+    HospitalServer,
     capability_statement,
     fhir_errors,
     fhir_response,
@@ -173,7 +173,7 @@ def _seen(data: bytes, at: datetime) -> AckSeen:
 # -- the eMAR ----------------------------------------------------------------------------------------
 
 
-class EmulatedEmar:
+class EmulatedEmar(HospitalServer):
     """Patients and orders over FHIR, and the PIV order programmer. Use ``async with``."""
 
     def __init__(
@@ -219,19 +219,6 @@ class EmulatedEmar:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> EmulatedEmar:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    @property
-    def fhir_base(self) -> str:
-        return f"http://{self.host}:{self.fhir_port}"
 
     # -- data --------------------------------------------------------------------------------------
     def load(self, data: EmarData, source: str = "given") -> str:

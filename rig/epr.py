@@ -64,7 +64,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -174,7 +174,34 @@ def _problem_text(problem: OrderProblem) -> str:
     return f"{where}{problem.reason} (code {problem.code})"
 
 
-class EmulatedEpr:
+class HospitalServer:
+    """What the rig's eMAR and EPR share: a FHIR endpoint on ``host``:``fhir_port`` started by
+    ``start`` and stopped by ``close``, as an async context manager."""
+
+    host: str
+    fhir_port: int
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def fhir_base(self) -> str:
+        return f"http://{self.host}:{self.fhir_port}"
+
+
+class EmulatedEpr(HospitalServer):
     """A FHIR endpoint and an MLLP receiver that keep what they receive. Use ``async with``.
 
     ``fhir_port`` and ``mllp_port`` are 0 by default: the system picks; read them after start."""
@@ -221,19 +248,6 @@ class EmulatedEpr:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> EmulatedEpr:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    @property
-    def fhir_base(self) -> str:
-        return f"http://{self.host}:{self.fhir_port}"
 
     # -- modes -------------------------------------------------------------------------------------
     def set_mode(
